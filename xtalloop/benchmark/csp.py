@@ -1,0 +1,292 @@
+"""Crystal-structure-prediction benchmark: match rate and RMSE as DiffCSP reports them.
+
+For each sampled row of a structure table the generator is asked for
+``max(ks)`` candidates of the row's reduced composition (nothing else about
+the ground truth), the candidates are optionally relaxed, and each is
+compared with the ground truth by ``StructureMatcher(stol=0.5, ltol=0.3,
+angle_tol=10)``. A row counts as matched at ``k`` if any of its first ``k``
+candidates matches; the RMSE at ``k`` is the mean, over matched rows, of the
+smallest normalised RMS distance among those first ``k`` candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from xtalloop.errors import DataError, XtalloopError
+from xtalloop.generators.base import Generator, derived_seeds
+from xtalloop.generators.prototype_substitution import read_structure_csv
+
+logger = logging.getLogger(__name__)
+
+ARITY_LABELS: tuple[str, ...] = ("1", "2", "3", "4", "5+")
+MATCHER_SETTINGS: dict[str, float] = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10}
+
+Relax = Callable[[list[Structure]], list[Structure]]
+
+
+def arity_label(n_elements: int) -> str:
+    """Group label for a number of distinct elements: ``"1"`` ... ``"4"``, ``"5+"``."""
+    return str(n_elements) if n_elements < 5 else "5+"
+
+
+def run_csp_benchmark(
+    data_csv: str | os.PathLike,
+    generator: Generator,
+    n_compositions: int,
+    ks: Sequence[int] = (1, 20),
+    seed: int = 0,
+    relax: Relax | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Match rate and RMSE of a generator's candidates against known structures.
+
+    Parameters
+    ----------
+    data_csv
+        Table of ground-truth structures with a ``cif`` column (the shared
+        data's shape; ``material_id`` is reported when present).
+    generator
+        Any :class:`~xtalloop.generators.base.Generator`; it sees only the
+        reduced composition of each row.
+    n_compositions
+        Rows to sample (all rows if the table is smaller).
+    ks
+        Numbers of candidates at which to report the match rate and RMSE.
+    seed
+        Seeds the row sample and, through derived seeds, every generator call.
+    relax
+        Optional callable taking and returning a list of structures (same
+        length), applied to each row's candidates before matching.
+    progress
+        Show a tqdm progress bar over compositions.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable results: ``match_rate`` and ``rmse`` keyed by ``str(k)``,
+        the same under ``per_arity[label]`` for labels ``"1"``..``"4"``, ``"5+"``
+        (``None`` where undefined), timings, ``n_zero_candidates``,
+        ``n_failed`` and one record per composition under ``per_composition``.
+
+    Raises
+    ------
+    DataError
+        If the table is missing, unreadable or has an unreadable CIF.
+    ValueError
+        If ``n_compositions`` or ``ks`` are not positive.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from tqdm.auto import tqdm
+
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if n_compositions < 1:
+        raise ValueError(f"n_compositions must be positive, got {n_compositions}")
+    k_max = ks[-1]
+
+    table = read_structure_csv(data_csv)
+    rng = np.random.default_rng(seed)
+    n_rows = min(n_compositions, len(table))
+    if n_rows < n_compositions:
+        logger.warning("%s has only %d rows; using all of them", data_csv, n_rows)
+    chosen = sorted(int(i) for i in rng.choice(len(table), size=n_rows, replace=False))
+    row_seeds = derived_seeds(seed, n_rows)
+    matcher = StructureMatcher(**MATCHER_SETTINGS)
+
+    records: list[dict[str, Any]] = []
+    generate_time = relax_time = match_time = 0.0
+    n_generated = 0
+    started = time.perf_counter()
+    for row, row_seed in tqdm(
+        list(zip(chosen, row_seeds, strict=True)),
+        desc="CSP benchmark",
+        unit="comp",
+        disable=not progress,
+    ):
+        truth = _ground_truth(table, row, data_csv)
+        composition = truth.composition.element_composition.reduced_composition
+        record: dict[str, Any] = {
+            "material_id": _material_id(table, row),
+            "formula": composition.reduced_formula,
+            "arity": arity_label(len(composition)),
+            "n_candidates": 0,
+            "rms": [],
+            "error": None,
+        }
+        t0 = time.perf_counter()
+        try:
+            candidates = generator.generate(composition, k_max, row_seed)[:k_max]
+        except XtalloopError:
+            raise  # configuration problems (e.g. a missing reference set) fail every row
+        except Exception as exc:  # one failing composition must not end a long benchmark
+            logger.warning("generator failed on %s: %s", record["formula"], exc)
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            candidates = []
+        generate_time += time.perf_counter() - t0
+        structures = [c.structure for c in candidates]
+        n_generated += len(structures)
+        record["n_candidates"] = len(structures)
+        if structures and relax is not None:
+            t0 = time.perf_counter()
+            relaxed = relax(list(structures))
+            if len(relaxed) != len(structures):
+                raise ValueError(
+                    f"relax returned {len(relaxed)} structures for {len(structures)} candidates"
+                )
+            structures = list(relaxed)
+            relax_time += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record["rms"] = [_rms(matcher, s, truth) for s in structures]
+        match_time += time.perf_counter() - t0
+        records.append(record)
+    wall_time = time.perf_counter() - started
+
+    overall = _summarise(records, ks)
+    per_arity = {
+        label: _summarise([r for r in records if r["arity"] == label], ks)
+        for label in ARITY_LABELS
+    }
+    return {
+        "data_csv": str(data_csv),
+        "generator": getattr(generator, "name", type(generator).__name__),
+        "generator_settings": _settings(generator),
+        "n_compositions": len(records),
+        "ks": ks,
+        "seed": seed,
+        "relaxed": relax is not None,
+        "matcher": dict(MATCHER_SETTINGS),
+        "match_rate": overall["match_rate"],
+        "rmse": overall["rmse"],
+        "per_arity": per_arity,
+        "n_generated": n_generated,
+        "n_zero_candidates": sum(1 for r in records if r["n_candidates"] == 0),
+        "n_failed": sum(1 for r in records if r["error"] is not None),
+        "time_per_structure_s": generate_time / n_generated if n_generated else None,
+        "generate_time_s": generate_time,
+        "relax_time_s": relax_time,
+        "match_time_s": match_time,
+        "wall_time_s": wall_time,
+        "per_composition": records,
+    }
+
+
+def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``match_rate.png`` (match rate per arity, one bar per k).
+
+    Returns
+    -------
+    tuple of Path
+        The JSON file and the PNG plot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+    groups = ["all", *ARITY_LABELS]
+    rates = {"all": result["match_rate"]} | {
+        label: result["per_arity"][label]["match_rate"] for label in ARITY_LABELS
+    }
+    counts = {"all": result["n_compositions"]} | {
+        label: result["per_arity"][label]["n"] for label in ARITY_LABELS
+    }
+    ks = [str(k) for k in result["ks"]]
+    figure = Figure(figsize=(7, 4))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    x = np.arange(len(groups))
+    width = 0.8 / len(ks)
+    for i, k in enumerate(ks):
+        heights = [rates[g][k] if rates[g][k] is not None else 0.0 for g in groups]
+        ax.bar(x + (i - (len(ks) - 1) / 2) * width, heights, width, label=f"k = {k}")
+    ax.set_xticks(x, [f"{g}\n(n={counts[g]})" for g in groups])
+    ax.set_xlabel("distinct elements")
+    ax.set_ylabel("match rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{result['generator']} on {Path(result['data_csv']).name}")
+    ax.legend()
+    figure.tight_layout()
+    png_path = out / "match_rate.png"
+    figure.savefig(png_path, dpi=120)
+    return json_path, png_path
+
+
+def _ground_truth(table, row: int, source) -> Structure:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(str(table["cif"].iloc[row]), fmt="cif")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"cannot read the CIF of {_material_id(table, row)} in {source}: {reason}"
+        ) from None
+    structure.remove_oxidation_states()
+    return structure
+
+
+def _material_id(table, row: int) -> str:
+    if "material_id" in table.columns:
+        return str(table["material_id"].iloc[row])
+    return f"row-{row}"
+
+
+def _rms(matcher, candidate: Structure, truth: Structure) -> float | None:
+    """Normalised RMS distance of a matching candidate, None if it does not match."""
+    try:
+        found = matcher.get_rms_dist(candidate, truth)
+    except Exception as exc:  # odd cells can make the matcher fail; count as no match
+        logger.debug("structure matcher failed: %s", exc)
+        return None
+    return None if found is None else float(found[0])
+
+
+def _summarise(records: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
+    """Match rate and mean best RMS at each k over ``records`` (None where undefined)."""
+    match_rate: dict[str, float | None] = {}
+    rmse: dict[str, float | None] = {}
+    for k in ks:
+        best = [
+            min((r for r in record["rms"][:k] if r is not None), default=None)
+            for record in records
+        ]
+        matched = [b for b in best if b is not None]
+        match_rate[str(k)] = len(matched) / len(records) if records else None
+        rmse[str(k)] = float(np.mean(matched)) if matched else None
+    return {"n": len(records), "match_rate": match_rate, "rmse": rmse}
+
+
+def _settings(generator: Generator) -> dict[str, Any]:
+    """The generator's dataclass fields that JSON can hold."""
+    if not dataclasses.is_dataclass(generator):
+        return {}
+    settings = {}
+    for key, value in dataclasses.asdict(generator).items():
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = repr(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        settings[key] = value
+    return settings

@@ -1,0 +1,5 @@
+"""DFT validation through atomate2 makers."""
+
+from xtalloop.dft.gpaw import GpawRelaxMaker, plane_wave_cutoff
+
+__all__ = ["GpawRelaxMaker", "plane_wave_cutoff"]

@@ -1,0 +1,210 @@
+"""Energy models: energies, forces and stresses for many structures at once.
+
+An :class:`EnergyModel` declares a ``name`` and ``version`` and has one override
+point, :meth:`EnergyModel.predict`, which takes a list of ASE ``Atoms`` and
+returns one :class:`Prediction` each. Models that can batch (CHGNet) evaluate
+the whole list in a few forward passes; any ASE calculator (EMT, a MACE model
+file) is wrapped by :class:`AseCalculatorModel`, which evaluates one at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
+from ase.units import GPa
+
+from xtalloop.errors import XtalloopError
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Energy (eV), forces (eV/Å, n×3) and stress (eV/Å³, Voigt 6, ASE sign)."""
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray
+
+
+class EnergyModel(ABC):
+    """A model of the potential energy surface."""
+
+    name: str = "energy model"
+    version: str = "unknown"
+
+    @abstractmethod
+    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
+        """Energies, forces and stresses of every structure in ``atoms``."""
+
+    def calculator(self) -> Calculator:
+        """An ASE calculator that evaluates this model on one structure."""
+        from ase.calculators.calculator import Calculator, all_changes
+
+        model = self
+
+        class _ModelCalculator(Calculator):
+            implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+            def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                pred = model.predict([self.atoms])[0]
+                self.results = {
+                    "energy": pred.energy,
+                    "free_energy": pred.energy,
+                    "forces": pred.forces,
+                    "stress": pred.stress,
+                }
+
+        _ModelCalculator.name = self.name
+        return _ModelCalculator()
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Name and version, as recorded in provenance."""
+        return {"name": self.name, "version": self.version}
+
+
+class CHGNetModel(EnergyModel):
+    """CHGNet with the pretrained weights shipped inside the ``chgnet`` wheel.
+
+    Parameters
+    ----------
+    batch_size
+        Structures per forward pass.
+    device
+        Torch device (``"cpu"`` or ``"cuda"``).
+    """
+
+    name = "chgnet"
+
+    def __init__(self, batch_size: int = 64, device: str = "cpu") -> None:
+        import chgnet
+        from chgnet.model import CHGNet
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._model = CHGNet.load(verbose=False, use_device=device)
+        self.version = f"chgnet {chgnet.__version__}, weights {self._model.version}"
+        self.batch_size = batch_size
+
+    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
+        """Evaluate all structures in batches of ``batch_size``."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        if not atoms:
+            return []
+        structures = [AseAtomsAdaptor.get_structure(a) for a in atoms]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = self._model.predict_structure(
+                structures, task="efs", batch_size=self.batch_size
+            )
+        if isinstance(raw, dict):
+            raw = [raw]
+        out = []
+        for structure, result in zip(structures, raw, strict=True):
+            stress = np.asarray(result["s"], dtype=float) * GPa
+            if stress.shape == (3, 3):
+                stress = full_3x3_to_voigt_6_stress(stress)
+            out.append(
+                Prediction(
+                    energy=float(result["e"]) * len(structure),  # CHGNet is per atom
+                    forces=np.asarray(result["f"], dtype=float),
+                    stress=stress,
+                )
+            )
+        return out
+
+
+class AseCalculatorModel(EnergyModel):
+    """Any ASE calculator, evaluated one structure at a time.
+
+    Parameters
+    ----------
+    factory
+        Callable returning a fresh calculator.
+    name, version
+        Identity recorded in provenance.
+    """
+
+    def __init__(self, factory: Callable[[], Calculator], name: str, version: str) -> None:
+        self._calc = factory()
+        self.name = name
+        self.version = version
+
+    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
+        """Evaluate each structure with the wrapped calculator."""
+        out = []
+        for a in atoms:
+            a = a.copy()
+            a.calc = self._calc
+            stress = a.get_stress(voigt=True)
+            out.append(Prediction(a.get_potential_energy(), a.get_forces(), stress))
+        return out
+
+    def calculator(self) -> Calculator:
+        """The wrapped calculator itself."""
+        return self._calc
+
+
+def _mace_model(path: Path, device: str) -> EnergyModel:
+    import mace  # noqa: F401  (sets torch's weights-only default before e3nn loads)
+    from mace.calculators import MACECalculator
+
+    def factory() -> Calculator:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return MACECalculator(model_paths=str(path), device=device, default_dtype="float64")
+
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return AseCalculatorModel(factory, name="mace", version=f"{path.name} sha256:{digest}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_energy_model(spec: str, device: str = "cpu") -> EnergyModel:
+    """Load an energy model by name or file path (cached per process).
+
+    Parameters
+    ----------
+    spec
+        ``"chgnet"`` (pretrained, offline), ``"emt"`` (ASE's effective-medium
+        theory, for tests), or a path to a MACE model file (``*.model``).
+    device
+        Torch device for neural-network models.
+
+    Raises
+    ------
+    XtalloopError
+        If the name is unknown or the file does not exist.
+    """
+    key = spec.strip()
+    if key.lower() == "chgnet":
+        return CHGNetModel(device=device)
+    if key.lower() == "emt":
+        import ase
+        from ase.calculators.emt import EMT
+
+        return AseCalculatorModel(EMT, name="emt", version=f"ase {ase.__version__}")
+    path = Path(key).expanduser()
+    if path.suffix in {".model", ".pt", ".pth"}:
+        if not path.is_file():
+            raise XtalloopError(f"energy model file not found: {path}")
+        return _mace_model(path, device)
+    raise XtalloopError(
+        f"unknown energy model {spec!r}: use 'chgnet', 'emt' or a path to a MACE .model file"
+    )

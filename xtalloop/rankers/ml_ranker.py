@@ -1,0 +1,187 @@
+"""Rank candidates with a machine-learned energy model: relax, deduplicate, hull, top-k."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from monty.json import MSONable
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from xtalloop.generators.base import Candidate
+from xtalloop.hull import energies_above_hull
+from xtalloop.models.energy_model import EnergyModel, load_energy_model
+from xtalloop.rankers.batch_relax import BatchRelaxer
+from xtalloop.references import elemental_prototypes, is_molecular
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RankedCandidate(MSONable):
+    """A relaxed, deduplicated candidate with its ML energy and hull distance."""
+
+    structure: Structure
+    provenance: dict[str, Any]
+    energy_per_atom: float
+    e_above_hull: float
+    space_group: str
+    space_group_number: int
+    n_duplicates: int = 0
+    rank: int = 0
+
+
+@dataclass
+class ReferencePhase(MSONable):
+    """The lowest-energy relaxed structure of one element under one model."""
+
+    element: str
+    structure: Structure
+    energy_per_atom: float
+    molecular: bool
+
+
+@dataclass
+class Ranking(MSONable):
+    """The ranker's output: the picks, the elemental references and the counts."""
+
+    formula: str
+    picks: list[RankedCandidate]
+    references: list[ReferencePhase]
+    funnel: dict[str, int]
+    energy_model: dict[str, str]
+
+
+def symmetrized_primitive(structure: Structure, symprec: float) -> tuple[Structure, str, int]:
+    """The standard primitive cell at tolerance ``symprec`` with its space group."""
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=symprec)
+        primitive = sga.get_primitive_standard_structure()
+        return primitive, sga.get_space_group_symbol(), sga.get_space_group_number()
+    except Exception:  # spglib can fail on distorted cells: keep the structure as is
+        return structure, "P1", 1
+
+
+@dataclass
+class MLRanker:
+    """Relax candidates with an ML energy model and keep the ``top_k`` lowest in energy.
+
+    Parameters
+    ----------
+    model
+        Energy model: ``"chgnet"``, ``"emt"`` or a MACE model file path.
+    fmax, steps
+        Relaxation threshold (eV/Å) and step limit.
+    top_k
+        Number of distinct structures to keep.
+    max_e_above_hull
+        Drop picks further than this above the hull (eV/atom); ``None`` keeps all.
+    symprec
+        Symmetry tolerance (Å) for the symmetrised primitive cells of the picks.
+    device
+        Torch device for the model.
+    progress
+        Show progress bars.
+    """
+
+    model: str = "chgnet"
+    fmax: float = 0.05
+    steps: int = 300
+    top_k: int = 2
+    max_e_above_hull: float | None = None
+    symprec: float = 0.1
+    device: str = "cpu"
+    progress: bool = True
+    _references: dict[tuple[str, str], ReferencePhase] = field(
+        default_factory=dict, repr=False
+    )
+
+    @property
+    def energy_model(self) -> EnergyModel:
+        """The loaded energy model (cached per process)."""
+        return load_energy_model(self.model, self.device)
+
+    def rank(self, composition: Composition, candidates: list[Candidate]) -> Ranking:
+        """Relax, deduplicate and rank ``candidates`` of ``composition``."""
+        model = self.energy_model
+        formula = composition.reduced_formula
+        relaxer = BatchRelaxer(
+            model, fmax=self.fmax, steps=self.steps, progress=self.progress,
+            description=f"{formula}: ML relax",
+        )
+        results = relaxer.relax([AseAtomsAdaptor.get_atoms(c.structure) for c in candidates])
+        relaxed = [
+            (AseAtomsAdaptor.get_structure(r.atoms), r.energy / len(r.atoms), c)
+            for r, c in zip(results, candidates, strict=True)
+            if r.failure in (None, "step limit")
+        ]
+        references = self.reference_phases([el.symbol for el in composition.elements])
+        funnel = {"generated": len(candidates), "relaxed": len(relaxed)}
+        if not relaxed:
+            return Ranking(formula, [], references, funnel | {"unique": 0, "picked": 0},
+                           model.identity)
+
+        ref_points = [(Composition(r.element), r.energy_per_atom) for r in references]
+        e_hull = energies_above_hull(
+            [(s.composition.fractional_composition, e) for s, e, _ in relaxed], ref_points
+        )
+        order = sorted(range(len(relaxed)), key=lambda i: relaxed[i][1])
+        groups = StructureMatcher().group_structures([relaxed[i][0] for i in order])
+        # group_structures keeps input order inside groups, so each group's first
+        # member is its lowest-energy structure.
+        index_of = {id(relaxed[i][0]): i for i in order}
+        representatives = sorted(
+            ((index_of[id(g[0])], len(g) - 1) for g in groups),
+            key=lambda item: relaxed[item[0]][1],
+        )
+        funnel["unique"] = len(representatives)
+        picks = []
+        for i, duplicates in representatives:
+            structure, energy, candidate = relaxed[i]
+            if self.max_e_above_hull is not None and e_hull[i] > self.max_e_above_hull:
+                continue
+            primitive, symbol, number = symmetrized_primitive(structure, self.symprec)
+            picks.append(
+                RankedCandidate(
+                    structure=primitive,
+                    provenance=candidate.provenance,
+                    energy_per_atom=energy,
+                    e_above_hull=e_hull[i],
+                    space_group=symbol,
+                    space_group_number=number,
+                    n_duplicates=duplicates,
+                    rank=len(picks),
+                )
+            )
+            if len(picks) == self.top_k:
+                break
+        funnel["picked"] = len(picks)
+        return Ranking(formula, picks, references, funnel, model.identity)
+
+    def reference_phases(self, elements: list[str]) -> list[ReferencePhase]:
+        """Lowest-energy elemental phases under this model (cached per ranker)."""
+        model = self.energy_model
+        missing = [el for el in elements if (model.version, el) not in self._references]
+        for element in missing:
+            starts = elemental_prototypes(element)
+            molecular = is_molecular(starts[0])
+            relaxer = BatchRelaxer(
+                model, fmax=self.fmax, steps=self.steps, relax_cell=not molecular,
+                progress=False,
+            )
+            results = [
+                r for r in relaxer.relax([AseAtomsAdaptor.get_atoms(s) for s in starts])
+                if r.failure in (None, "step limit")
+            ]
+            best = min(results, key=lambda r: r.energy / len(r.atoms))
+            self._references[(model.version, element)] = ReferencePhase(
+                element=element,
+                structure=AseAtomsAdaptor.get_structure(best.atoms),
+                energy_per_atom=best.energy / len(best.atoms),
+                molecular=molecular,
+            )
+        return [self._references[(model.version, el)] for el in elements]
