@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ase.optimize import BFGS
 from atomate2.ase.jobs import AseRelaxMaker
 from atomate2.ase.schemas import AseResult
+from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Element, Molecule, Structure
 
@@ -57,6 +59,8 @@ class GpawRelaxMaker(AseRelaxMaker):
         Fermi-Dirac smearing (eV).
     spin_polarized
         Force spin polarisation on or off; ``None`` decides from the elements.
+    progress
+        Show a progress bar of ionic steps.
     """
 
     name: str = "GPAW relax"
@@ -69,6 +73,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     steps: int = 60
     relax_kwargs: dict = field(default_factory=lambda: {"fmax": 0.03})
     store_trajectory: StoreTrajectoryOption = StoreTrajectoryOption.PARTIAL
+    progress: bool = True
 
     def settings_for(self, structure: Structure) -> dict[str, Any]:
         """The GPAW settings this maker uses for ``structure``, fully resolved."""
@@ -115,12 +120,65 @@ class GpawRelaxMaker(AseRelaxMaker):
         kwargs.update(self.calculator_kwargs)
         return GPAW(**kwargs)
 
+    def _get_calculator(self):
+        """A structure-independent GPAW (atomate2 reads its name before ``run_ase``)."""
+        from gpaw import GPAW, PW
+
+        return GPAW(mode=PW(self.ecut or 500.0), xc=self.xc, txt=None)
+
     def run_ase(
         self, mol_or_struct: Structure | Molecule, prev_dir: str | Path | None = None
     ) -> AseResult:
-        """Build the calculator for this structure, then relax as atomate2 does."""
+        """Build the calculator for this structure, then relax it with BFGS."""
+        from tqdm.auto import tqdm
+
         self._calculator = self._calculator_for(mol_or_struct)
         if is_molecular(mol_or_struct):
             self.relax_cell = False
             self.fix_symmetry = False
-        return super().run_ase(mol_or_struct, prev_dir=prev_dir)
+        formula = mol_or_struct.composition.reduced_formula
+        label = self.name if formula in self.name else f"{formula}: {self.name}"
+        bar = tqdm(total=self.steps, desc=label, unit="step",
+                   disable=not self.progress, leave=True)
+
+        class ReportingBFGS(BFGS):
+            def step(self, *args, **kwargs):
+                super().step(*args, **kwargs)
+                bar.update(1)
+
+        relaxer = AseRelaxer(
+            self._calculator,
+            optimizer=ReportingBFGS,
+            relax_cell=self.relax_cell,
+            relax_shape=self.relax_shape,
+            fix_symmetry=self.fix_symmetry,
+            symprec=self.symprec,
+        )
+        try:
+            result = relaxer.relax(mol_or_struct, steps=self.steps,
+                                   **{"logfile": None, **self.relax_kwargs})
+            bar.total = bar.n = max(bar.n, 1)  # finished: show the bar full
+            bar.refresh()
+            return result
+        finally:
+            bar.close()
+
+
+def check_gpaw(elements: list[str], xc: str = "PBE") -> None:
+    """Raise a one-line :class:`~xtalloop.errors.XtalloopError` unless GPAW can run these elements."""
+    from xtalloop.errors import XtalloopError
+
+    try:
+        import gpaw  # noqa: F401
+        from gpaw.setup_data import search_for_file
+    except ImportError:
+        raise XtalloopError(
+            "GPAW is not installed: run `make demo` or `pip install 'xtalloop[dft]'`"
+        ) from None
+    for element in elements:
+        try:
+            search_for_file(f"{element}.{xc}")
+        except (RuntimeError, FileNotFoundError):
+            raise XtalloopError(
+                f"no GPAW PAW setup for {element} ({xc}): install `gpaw-data`"
+            ) from None

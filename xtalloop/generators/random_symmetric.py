@@ -39,7 +39,7 @@ class RandomSymmetricGenerator:
     """
 
     name: str = "random_symmetric"
-    formula_units: tuple[int, ...] = (1, 2, 4)
+    formula_units: tuple[int, ...] = (1, 2, 4, 8)
     max_atoms: int = 20
     volume_factor: float = 1.1
     min_distance_factor: float = 0.6

@@ -9,7 +9,7 @@ model is called once per step for every structure not yet converged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
@@ -101,7 +101,6 @@ class BatchRelaxer:
     max_volume_per_atom: float = 200.0
     progress: bool = True
     description: str = "ML relax"
-    _unused: list = field(default_factory=list, repr=False)
 
     def relax(self, structures: list[Atoms]) -> list[RelaxResult]:
         """Relax copies of ``structures``; results come back in the same order."""

@@ -54,6 +54,7 @@ class Ranking(MSONable):
     references: list[ReferencePhase]
     funnel: dict[str, int]
     energy_model: dict[str, str]
+    relaxed_e_above_hull: list[float] = field(default_factory=list)
 
 
 def symmetrized_primitive(structure: Structure, symprec: float) -> tuple[Structure, str, int]:
@@ -123,7 +124,7 @@ class MLRanker:
         funnel = {"generated": len(candidates), "relaxed": len(relaxed)}
         if not relaxed:
             return Ranking(formula, [], references, funnel | {"unique": 0, "picked": 0},
-                           model.identity)
+                           model.identity, [])
 
         ref_points = [(Composition(r.element), r.energy_per_atom) for r in references]
         e_hull = energies_above_hull(
@@ -160,7 +161,8 @@ class MLRanker:
             if len(picks) == self.top_k:
                 break
         funnel["picked"] = len(picks)
-        return Ranking(formula, picks, references, funnel, model.identity)
+        return Ranking(formula, picks, references, funnel, model.identity,
+                       [float(e) for e in e_hull])
 
     def reference_phases(self, elements: list[str]) -> list[ReferencePhase]:
         """Lowest-energy elemental phases under this model (cached per ranker)."""

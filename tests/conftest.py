@@ -1,0 +1,86 @@
+"""Shared fixtures: prototype structures, a temporary store, a cheap "DFT" maker."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from xtalloop.config import StoreConfig
+from xtalloop.dft.gpaw import GpawRelaxMaker
+
+
+def fcc(a: float) -> Lattice:
+    """Primitive fcc lattice of cubic constant ``a``."""
+    return Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+
+
+def rocksalt(a_el: str, b_el: str, a: float) -> Structure:
+    return Structure(fcc(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def zincblende(a_el: str, b_el: str, a: float) -> Structure:
+    return Structure(fcc(a), [a_el, b_el], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+def diamond(el: str, a: float) -> Structure:
+    return Structure(fcc(a), [el, el], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+@pytest.fixture
+def store_config(tmp_path) -> StoreConfig:
+    """An empty embedded store in a temporary folder."""
+    return StoreConfig(path=str(tmp_path / "store"))
+
+
+@dataclass
+class EmtRelaxAsDftMaker(GpawRelaxMaker):
+    """The validation maker with ASE's EMT in place of GPAW.
+
+    For tests of the workflow wiring, storage and queries where the physics
+    does not matter; the real GPAW path has its own tests.
+    """
+
+    name: str = "EMT relax"
+    progress: bool = False
+
+    def _calculator_for(self, structure):
+        from ase.calculators.emt import EMT
+
+        return EMT()
+
+    def settings_for(self, structure):
+        return {**super().settings_for(structure), "code": "emt"}
+
+    def settings_key(self) -> str:
+        return "emt-test"
+
+    def _get_calculator(self):
+        from ase.calculators.emt import EMT
+
+        return EMT()
+
+
+@pytest.fixture
+def emt_dft_maker() -> EmtRelaxAsDftMaker:
+    return EmtRelaxAsDftMaker(steps=100, relax_kwargs={"fmax": 0.02})
+
+
+def gpaw_available() -> bool:
+    try:
+        import gpaw  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def require_gpaw() -> None:
+    """Skip without GPAW on a workstation; fail in CI, where `make test` installs it."""
+    if gpaw_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("GPAW is not importable in CI: `make test` should have installed it")
+    pytest.skip("GPAW is not installed (pip install 'xtalloop[dft]')")

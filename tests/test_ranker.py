@@ -1,0 +1,69 @@
+"""The ML ranker: relax, deduplicate with StructureMatcher, hull, top-k (EMT as the model)."""
+
+import pytest
+from pymatgen.core import Composition, Lattice, Structure
+
+from xtalloop.generators.base import Candidate
+from xtalloop.hull import energies_above_hull
+from xtalloop.rankers.ml_ranker import MLRanker
+
+
+def b2() -> Structure:
+    return Structure(Lattice.cubic(3.15), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def l10() -> Structure:
+    return Structure(Lattice.tetragonal(2.85, 3.7), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def candidates() -> list[Candidate]:
+    shifted = b2().copy()
+    shifted.translate_sites(range(2), [0.1, 0.2, 0.3])
+    supercell = b2().copy()
+    supercell.make_supercell([1, 1, 2])
+    return [
+        Candidate(b2(), "test", 0, 0),
+        Candidate(shifted, "test", 0, 1),
+        Candidate(supercell, "test", 0, 2),
+        Candidate(l10(), "test", 0, 3),
+    ]
+
+
+def test_ranker_deduplicates_and_orders_by_energy():
+    ranking = MLRanker(model="emt", top_k=5, progress=False).rank(
+        Composition("CuAu"), candidates())
+    assert ranking.funnel["generated"] == 4
+    assert ranking.funnel["relaxed"] == 4
+    assert ranking.funnel["unique"] < 4  # the shifted and doubled B2 cells are one structure
+    energies = [p.energy_per_atom for p in ranking.picks]
+    assert energies == sorted(energies)
+    assert ranking.picks[0].e_above_hull == min(p.e_above_hull for p in ranking.picks)
+    assert all(p.e_above_hull >= 0 for p in ranking.picks)
+    assert sum(p.n_duplicates for p in ranking.picks) == 4 - ranking.funnel["unique"]
+    assert {r.element for r in ranking.references} == {"Cu", "Au"}
+    assert len(ranking.relaxed_e_above_hull) == 4
+    for pick in ranking.picks:
+        assert pick.provenance["generator"] == "test"
+        assert pick.structure.composition.reduced_formula == "CuAu"
+
+
+def test_top_k_limits_the_picks():
+    ranking = MLRanker(model="emt", top_k=1, progress=False).rank(
+        Composition("CuAu"), candidates())
+    assert len(ranking.picks) == 1
+    assert ranking.funnel["picked"] == 1
+
+
+def test_energy_above_hull_against_elemental_references():
+    refs = [(Composition("Na"), -1.0), (Composition("Cl"), -2.0)]
+    # NaCl at -2.5 eV/atom is 1.0 eV/atom below the elements' line: on the hull.
+    values = energies_above_hull(
+        [(Composition("NaCl").fractional_composition, -2.5),
+         (Composition("NaCl").fractional_composition, -2.3),
+         (Composition("NaCl2").fractional_composition, -1.0)],
+        refs,
+    )
+    assert values[0] == pytest.approx(0.0)
+    assert values[1] == pytest.approx(0.2)
+    # NaCl2 between NaCl (-2.5 at x=1/2) and Cl (-2 at x=1): hull at x=2/3 is -2.333
+    assert values[2] == pytest.approx(-1.0 + 2.5 - 1 / 6, abs=1e-6)

@@ -1,0 +1,210 @@
+"""The ``xtalloop`` command line: run a configuration, query validated structures."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from xtalloop.errors import XtalloopError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Active-learning crystal structure prediction: generate, ML-prefilter, DFT-validate.",
+)
+
+
+def _user_errors(func: Callable) -> Callable:
+    """Report :class:`XtalloopError` as one ``error:`` line and exit 2, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except XtalloopError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: results stored so far are kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left",
+                  caption="E: DFT energy, E_hull: DFT energy above hull (eV/atom); "
+                          "seed#i: generator seed and candidate index",
+                  caption_justify="left")
+    for column, justify in [
+        ("formula", "left"), ("space group", "left"), ("E (eV/atom)", "right"),
+        ("E_hull", "right"), ("atoms", "right"),
+        ("generator", "left"), ("seed#i", "right"), ("converged", "center"),
+    ]:
+        table.add_column(column, justify=justify, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["formula"],
+            f"{row['space_group']} ({row['space_group_number']})",
+            _fmt(row["energy_per_atom"], 4),
+            _fmt(row.get("e_above_hull")),
+            str(row.get("nsites", "")),
+            str(row.get("generator", "")),
+            f"{row.get('seed', '')}" + (f"#{row['index']}" if row.get("index") is not None else ""),
+            "yes" if row.get("converged") else "no",
+        )
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: do not squeeze the table to 80 columns
+        console = Console(width=max(console.width, 120))
+    console.print(table)
+
+
+@app.command()
+@_user_errors
+def run(
+    config: Path = typer.Argument(..., help="YAML run configuration (see configs/)."),
+    store: str | None = typer.Option(None, help="Embedded store folder (overrides the config)."),
+    output_dir: str | None = typer.Option(None, help="Where run folders go (overrides the config)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Predict the structures of the config's compositions: generate → ML prefilter → DFT → store."""
+    from xtalloop.config import load_config
+
+    overrides: dict[str, Any] = {}
+    if output_dir:
+        overrides["output_dir"] = output_dir
+    cfg = load_config(config)
+    if store:
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"path": store})})
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
+
+    from xtalloop.dft.gpaw import check_gpaw
+
+    check_gpaw(sorted({el.symbol for c in cfg.parsed_compositions() for el in c.elements}),
+               cfg.dft.xc)
+    from xtalloop.runner import execute
+
+    typer.echo(f"xtalloop: {len(cfg.compositions)} compositions "
+               f"({', '.join(cfg.compositions)}), store {cfg.store.resolved_path}")
+    result = execute(cfg, progress=progress)
+    rows = [
+        dict(row, nsites=len(row["structure"]["sites"]))
+        for row in result.validated
+    ]
+    _table(rows, f"Validated structures — run {result.run_id}")
+    for comp in result.compositions:
+        for failure in comp.get("failed", []):
+            typer.echo(f"failed: {comp['formula']} pick {failure['rank'] + 1}: {failure['reason']}")
+        if comp.get("error"):
+            typer.echo(f"failed: {comp['formula']}: {comp['error']}")
+    for message in result.failed_jobs:
+        typer.echo(f"job failed: {message}")
+    typer.echo(f"run folder: {result.run_dir} (CIFs in cifs/, funnel.png, summary.json)")
+    if not rows:
+        raise typer.Exit(1)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    cif = "cif"
+
+
+@app.command()
+@_user_errors
+def query(
+    formula: str | None = typer.Option(None, help="Composition, e.g. NaCl."),
+    chemsys: str | None = typer.Option(None, help="Chemical system, e.g. Na-Cl."),
+    max_e_above_hull: float | None = typer.Option(None, help="eV/atom."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or cif."),
+    store: str = typer.Option("xtalloop-data", help="Embedded store folder."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="With --format cif: folder to write one CIF per structure."),
+) -> None:
+    """List validated structures, filtered by formula, chemical system and hull distance."""
+    from xtalloop.composition import parse_composition
+    from xtalloop.config import StoreConfig
+    from xtalloop.errors import StoreError
+    from xtalloop.store.results import open_results
+
+    if formula:
+        formula = parse_composition(formula, charge_balance="off").reduced_formula
+    if chemsys:
+        for symbol in chemsys.split("-"):
+            parse_composition(symbol, charge_balance="off")
+    config = StoreConfig(path=store)
+    if not (config.resolved_path / "xtalloop").is_dir():
+        raise StoreError(f"no xtalloop store at {config.resolved_path} "
+                         "(run `xtalloop run` first or pass --store)")
+    with open_results(config) as db:
+        docs = db.find_validated(formula=formula, chemsys=chemsys,
+                                 max_e_above_hull=max_e_above_hull)
+    if not docs:
+        typer.echo("no validated structures match", err=True)
+        raise typer.Exit(1)
+    if fmt is OutputFormat.json:
+        for doc in docs:
+            doc.pop("trajectory", None)
+        typer.echo(json.dumps(docs, indent=2, default=str))
+    elif fmt is OutputFormat.cif:
+        _write_cifs(docs, output)
+    else:
+        rows = [
+            {
+                "formula": d["formula"], "space_group": d["space_group"],
+                "space_group_number": d["space_group_number"],
+                "energy_per_atom": d["energy_per_atom"], "e_above_hull": d.get("e_above_hull"),
+                "nsites": d["nsites"], "generator": d["generator"].get("generator"),
+                "seed": d["generator"].get("seed"), "index": d["generator"].get("index"),
+                "converged": d["dft"]["converged"],
+            }
+            for d in docs
+        ]
+        _table(rows, f"{len(rows)} validated structures in {config.resolved_path}")
+
+
+def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifWriter
+
+    for doc in docs:
+        structure = Structure.from_dict(doc["structure"])
+        text = str(CifWriter(structure, symprec=0.1))
+        name = f"{doc['formula']}_{doc['space_group'].replace('/', '_')}_{doc['uuid'][:8]}.cif"
+        if output is None:
+            typer.echo(f"# {name}\n{text}")
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / name).write_text(text)
+            typer.echo(str(output / name))
+
+
+def main() -> None:
+    """Entry point of the ``xtalloop`` script."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        app()
+    except XtalloopError as exc:  # errors raised while typer parses options
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Run a configuration locally: build the flows, execute them, write the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jobflow import run_locally
+from monty.json import MontyEncoder
+from pymatgen.core import Structure
+
+from xtalloop.config import RunConfig
+from xtalloop.dft.gpaw import GpawRelaxMaker
+from xtalloop.store import job_store
+from xtalloop.store.results import now, open_results
+from xtalloop.workflows.csp import run_flow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: per-composition summaries and the files written."""
+
+    run_id: str
+    run_dir: Path
+    compositions: list[dict[str, Any]]
+    failed_jobs: list[str] = field(default_factory=list)
+
+    @property
+    def validated(self) -> list[dict[str, Any]]:
+        """Every validated structure of the run, most stable first per formula."""
+        rows = [v for c in self.compositions for v in c.get("validated", [])]
+        return sorted(rows, key=lambda r: (r["formula"], r.get("e_above_hull") or 0.0,
+                                           r["energy_per_atom"]))
+
+
+def new_run_id(name: str) -> str:
+    """``<name>-<YYYYmmdd-HHMMSS>``: unique per second, sortable."""
+    return f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def execute(
+    config: RunConfig,
+    progress: bool = True,
+    run_id: str | None = None,
+    relax_maker: GpawRelaxMaker | None = None,
+) -> RunResult:
+    """Run every composition of ``config`` through generate → prefilter → DFT → store.
+
+    Parameters
+    ----------
+    config
+        A validated run configuration.
+    progress
+        Show progress bars.
+    run_id
+        Name of the run folder and record (default: the config name and a timestamp).
+    relax_maker
+        Replaces the DFT relaxation maker the config's ``dft`` section describes.
+    """
+    run_id = run_id or new_run_id(config.name)
+    run_dir = Path(config.output_dir).resolve() / run_id
+    (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    run = {"id": run_id, "name": config.name}
+    with open_results(config.store) as db:
+        db.save_run({"id": run_id, "name": config.name, "status": "running",
+                     "started_at": now(), "config": config.model_dump(mode="json"),
+                     "run_dir": str(run_dir)})
+    (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+
+    flow = run_flow(config, run, progress, relax_maker)
+    store = job_store(config.store)
+    with _quiet() as failures:
+        run_locally(flow, store=store, create_folders=True,
+                    root_dir=run_dir / "jobs", log=False, ensure_success=False)
+    failed_jobs = failures.messages
+
+    compositions = []
+    store.connect()
+    try:
+        for composition_flow in flow:
+            formula = composition_flow.name.split(" ", 1)[1]
+            validate_uuid = composition_flow.jobs[-1].uuid
+            try:
+                summary = store.get_output(validate_uuid, which="last", load=True)
+                summary = json.loads(json.dumps(summary, cls=MontyEncoder))  # plain dicts
+            except ValueError:  # the composition stopped before its validation finished
+                summary = {"formula": formula, "validated": [], "failed": [],
+                           "funnel": {}, "error": "did not reach DFT validation"}
+            compositions.append(summary)
+    finally:
+        store.close()
+
+    result = RunResult(run_id, run_dir, compositions, failed_jobs)
+    write_run_folder(result)
+    with open_results(config.store) as db:
+        db.save_run({"id": run_id, "name": config.name, "finished_at": now(),
+                     "status": "completed" if not failed_jobs else "completed with failures",
+                     "failed_jobs": failed_jobs, "config": config.model_dump(mode="json"),
+                     "run_dir": str(run_dir),
+                     "funnel": {c["formula"]: c.get("funnel", {}) for c in compositions},
+                     "validated": [v["uuid"] for v in result.validated]})
+    return result
+
+
+def write_run_folder(result: RunResult) -> None:
+    """CIFs of the validated structures, ``summary.json`` and ``funnel.png``."""
+    from xtalloop.plots import plot_funnel
+
+    cif_dir = result.run_dir / "cifs"
+    cif_dir.mkdir(parents=True, exist_ok=True)
+    for row in result.validated:
+        structure = Structure.from_dict(row["structure"])
+        name = f"{row['formula']}_{row['space_group'].replace('/', '_')}_{row['uuid'][:8]}.cif"
+        structure.to(filename=str(cif_dir / name), symprec=0.1)
+        row["cif"] = str(Path("cifs") / name)
+    summary = {
+        "run_id": result.run_id,
+        "failed_jobs": result.failed_jobs,
+        "compositions": [
+            {k: v for k, v in c.items() if k != "validated"}
+            | {"validated": [{k: v for k, v in row.items() if k != "structure"}
+                             for row in c.get("validated", [])]}
+            for c in result.compositions
+        ],
+    }
+    (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    plot_funnel(result.compositions, result.run_dir / "funnel.png")
+
+
+class _FailureLog(logging.Handler):
+    """Collects ``<job name>: <error>`` for every job jobflow reports as failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if " failed with exception:" in text:
+            name, _, trace = text.partition(" failed with exception:")
+            last = [line for line in trace.strip().splitlines() if line.strip()]
+            self.messages.append(f"{name}: {last[-1].strip() if last else 'unknown error'}")
+
+
+class _quiet:
+    """Silence library chatter while jobs run; collect the failures jobflow reports."""
+
+    def __enter__(self) -> _FailureLog:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._levels = {}
+        for name in ("maggma", "pymatgen", "atomate2"):
+            log = logging.getLogger(name)
+            self._levels[name] = log.level
+            log.setLevel(logging.ERROR)
+        self._failures = _FailureLog()
+        self._jobflow = logging.getLogger("jobflow.managers.local")
+        self._jobflow_state = (self._jobflow.level, self._jobflow.propagate)
+        self._jobflow.setLevel(logging.INFO)
+        self._jobflow.propagate = False
+        self._jobflow.addHandler(self._failures)
+        return self._failures
+
+    def __exit__(self, *exc: object) -> None:
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._jobflow.removeHandler(self._failures)
+        self._jobflow.setLevel(self._jobflow_state[0])
+        self._jobflow.propagate = self._jobflow_state[1]
+        self._warnings.__exit__(*exc)

@@ -1,0 +1,303 @@
+"""The validate stage: DFT relaxations of the picks and references, then the record."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobflow import Flow, Maker, OnMissing, Response, job
+from pymatgen.core import Composition, Structure
+
+from xtalloop import __version__
+from xtalloop.config import StoreConfig
+from xtalloop.dft.gpaw import GpawRelaxMaker
+from xtalloop.hull import energies_above_hull
+from xtalloop.rankers.ml_ranker import RankedCandidate, Ranking, symmetrized_primitive
+from xtalloop.store.results import chemsys_of, open_results
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidateMaker(Maker):
+    """Validate a ranking's picks with DFT and record them in the results store.
+
+    The job replaces itself by a flow of DFT relaxations: one per pick and one
+    per element whose reference phase is not yet stored for these DFT
+    settings (started from the ML model's best elemental structure), followed
+    by :func:`record_validation`, which computes DFT energies above the hull
+    and stores the validated structures. A failed DFT job does not stop the
+    record: its pick is reported as failed.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    relax_maker
+        The DFT relaxation maker (GPAW through atomate2's ASE makers).
+    store
+        The results store (a dumped :class:`~xtalloop.config.StoreConfig`).
+    run
+        ``{"id": ..., "name": ...}`` of the run, recorded with every result.
+    """
+
+    name: str = "validate"
+    relax_maker: GpawRelaxMaker = field(default_factory=GpawRelaxMaker)
+    store: dict[str, Any] = field(default_factory=lambda: StoreConfig().model_dump())
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @job
+    def make(self, ranking: Ranking) -> Response:
+        """Replace this job by the DFT flow for ``ranking``."""
+        formula = ranking.formula
+        key = self.relax_maker.settings_key()
+        pick_jobs = []
+        for pick in ranking.picks:
+            relax = self.relax_maker.make(pick.structure)
+            relax.name = f"{formula} pick {pick.rank + 1} DFT relax"
+            relax.update_metadata({"formula": formula, "role": "pick", "rank": pick.rank})
+            pick_jobs.append(relax)
+
+        reference_jobs = {}
+        if len(Composition(formula).elements) > 1:
+            with open_results(StoreConfig(**self.store)) as db:
+                for reference in ranking.references:
+                    if db.get_reference(reference.element, key) is not None:
+                        continue
+                    relax = self.relax_maker.make(reference.structure)
+                    relax.name = f"{reference.element} reference DFT relax"
+                    relax.update_metadata({"element": reference.element, "role": "reference"})
+                    reference_jobs[reference.element] = relax
+
+        record = record_validation(
+            formula,
+            picks=ranking.picks,
+            pick_outputs=[j.output for j in pick_jobs],
+            pick_job_uuids=[j.uuid for j in pick_jobs],
+            reference_outputs={el: j.output for el, j in reference_jobs.items()},
+            settings_key=key,
+            pick_settings=[self.relax_maker.settings_for(p.structure) for p in ranking.picks],
+            reference_settings={
+                r.element: self.relax_maker.settings_for(r.structure)
+                for r in ranking.references if r.element in reference_jobs
+            },
+            store=self.store,
+            run=self.run,
+            funnel=ranking.funnel,
+            energy_model=ranking.energy_model,
+            ml_e_above_hull=ranking.relaxed_e_above_hull,
+        )
+        record.name = f"{formula} record"
+        record.config.on_missing_references = OnMissing.NONE
+        flow = Flow([*pick_jobs, *reference_jobs.values(), record], output=record.output,
+                    name=f"{formula} DFT validation")
+        return Response(replace=flow)
+
+
+def _result_fields(task: Any) -> dict[str, Any] | None:
+    """Final structure, energies, forces, stress and trajectory of an atomate2 ASE task doc."""
+    if task is None or task.output is None or task.output.energy is None:
+        return None
+    structure = task.structure
+    trajectory = []
+    traj = (task.objects or {}).get("trajectory")
+    frames = getattr(traj, "frame_properties", None)
+    if traj is not None and frames:
+        for i, props in enumerate(frames):
+            frame = traj.get_structure(i)
+            trajectory.append({
+                "structure": frame.as_dict(),
+                "energy": props.get("energy"),
+                "forces": _plain(props.get("forces")),
+                "stress": _plain(props.get("stress")),
+            })
+    return {
+        "structure": structure,
+        "energy": float(task.output.energy),
+        "energy_per_atom": float(task.output.energy) / len(structure),
+        "forces": _plain(task.output.forces),
+        "stress_kbar": _plain(task.output.stress),
+        "converged": bool(task.is_force_converged),
+        "n_ionic_steps": task.output.n_steps,
+        "elapsed_time": task.output.elapsed_time,
+        "dir_name": task.dir_name,
+        "trajectory": trajectory,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _code_version() -> str:
+    try:
+        import gpaw
+
+        return gpaw.__version__
+    except ImportError:  # recorded only; the DFT job itself needs GPAW
+        return "unknown"
+
+
+@job
+def record_validation(
+    formula: str,
+    picks: list[RankedCandidate],
+    pick_outputs: list[Any],
+    pick_job_uuids: list[str],
+    reference_outputs: dict[str, Any],
+    settings_key: str,
+    pick_settings: list[dict[str, Any]],
+    reference_settings: dict[str, dict[str, Any]],
+    store: dict[str, Any],
+    run: dict[str, Any],
+    funnel: dict[str, int],
+    energy_model: dict[str, str],
+    ml_e_above_hull: list[float] | None = None,
+) -> dict[str, Any]:
+    """Store the DFT results of one composition and compute their energies above hull.
+
+    Returns
+    -------
+    dict
+        ``formula``, ``validated`` (one summary per stored pick), ``failed``
+        (picks whose DFT did not finish, with the reason), ``funnel`` (counts per
+        stage), ``references`` (DFT elemental energies per atom) and the ML
+        and DFT hull energies for the funnel plot.
+    """
+    key = settings_key
+    elements = sorted(el.symbol for el in Composition(formula).elements)
+    summaries: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    with open_results(StoreConfig(**store)) as db:
+        for element, task in reference_outputs.items():
+            result = _result_fields(task)
+            if result is None:
+                logger.warning("DFT reference of %s failed", element)
+                continue
+            db.add_reference({
+                "element": element,
+                "settings_key": key,
+                "settings": reference_settings.get(element, {}),
+                "structure": result["structure"].as_dict(),
+                "energy_per_atom": result["energy_per_atom"],
+                "converged": result["converged"],
+                "dft_code": "gpaw",
+                "dft_code_version": _code_version(),
+                "run": run,
+            })
+
+        new_uuids = []
+        for pick, task, job_uuid, settings in zip(
+            picks, pick_outputs, pick_job_uuids, pick_settings, strict=True
+        ):
+            result = _result_fields(task)
+            if result is None:
+                failed.append({"rank": pick.rank, "provenance": pick.provenance,
+                               "reason": "DFT relaxation did not finish (see the job log)"})
+                continue
+            structure: Structure = result["structure"]
+            _, symbol, number = symmetrized_primitive(structure, 0.1)
+            doc = {
+                "formula": formula,
+                "chemsys": chemsys_of(formula),
+                "elements": elements,
+                "nelements": len(elements),
+                "nsites": len(structure),
+                "structure": structure.as_dict(),
+                "initial_structure": pick.structure.as_dict(),
+                "space_group": symbol,
+                "space_group_number": number,
+                "energy": result["energy"],
+                "energy_per_atom": result["energy_per_atom"],
+                "forces": result["forces"],
+                "stress_kbar": result["stress_kbar"],
+                "e_above_hull": None,
+                "trajectory": result["trajectory"],
+                "dft": {
+                    "code": settings.get("code", "gpaw"),
+                    "code_version": _code_version(),
+                    "settings": settings,
+                    "settings_key": key,
+                    "converged": result["converged"],
+                    "n_ionic_steps": result["n_ionic_steps"],
+                    "elapsed_time": result["elapsed_time"],
+                    "job_uuid": job_uuid,
+                    "dir_name": result["dir_name"],
+                },
+                "generator": pick.provenance,
+                "prefilter": {
+                    "energy_model": energy_model,
+                    "energy_per_atom": pick.energy_per_atom,
+                    "e_above_hull": pick.e_above_hull,
+                    "rank": pick.rank,
+                    "n_duplicates": pick.n_duplicates,
+                },
+                "run": run,
+                "xtalloop_version": __version__,
+            }
+            uuid, outcome = db.add_validated(doc)
+            new_uuids.append(uuid)
+            summaries.append({
+                "uuid": uuid, "outcome": outcome, "formula": formula,
+                "space_group": symbol, "space_group_number": number,
+                "energy_per_atom": result["energy_per_atom"],
+                "converged": result["converged"],
+                "generator": pick.provenance.get("generator"),
+                "seed": pick.provenance.get("seed"),
+                "index": pick.provenance.get("index"),
+                "ml_energy_per_atom": pick.energy_per_atom,
+                "ml_e_above_hull": pick.e_above_hull,
+                "structure": structure.as_dict(),
+            })
+            if len(elements) == 1 and result["converged"]:
+                db.add_reference({
+                    "element": elements[0], "settings_key": key,
+                    "settings": doc["dft"]["settings"], "structure": doc["structure"],
+                    "energy_per_atom": result["energy_per_atom"], "converged": True,
+                    "dft_code": "gpaw", "dft_code_version": _code_version(), "run": run,
+                })
+
+        hull = _update_hull(db, elements, key)
+        references = {
+            el: ref["energy_per_atom"]
+            for el in elements if (ref := db.get_reference(el, key)) is not None
+        }
+    for summary in summaries:
+        summary["e_above_hull"] = hull.get(summary["uuid"])
+    return {
+        "formula": formula,
+        "validated": summaries,
+        "failed": failed,
+        "funnel": {**funnel, "dft_validated": len(summaries)},
+        "references": references,
+        "ml_e_above_hull": list(ml_e_above_hull or []),
+        "settings_key": key,
+    }
+
+
+def _update_hull(db: Any, elements: list[str], key: str) -> dict[str, float]:
+    """Recompute the DFT energies above hull of every stored structure in this chemical system."""
+    references = []
+    for element in elements:
+        ref = db.get_reference(element, key)
+        if ref is None:
+            logger.warning("no DFT reference for %s: energies above hull left empty", element)
+            return {}
+        references.append((Composition(element), ref["energy_per_atom"]))
+    docs = db.find_validated(chemsys="-".join(elements), settings_key=key, within_chemsys=True)
+    if not docs:
+        return {}
+    values = energies_above_hull(
+        [(Composition(d["formula"]).fractional_composition, d["energy_per_atom"]) for d in docs],
+        references,
+    )
+    hull = {d["uuid"]: v for d, v in zip(docs, values, strict=True)}
+    db.set_e_above_hull(hull)
+    return hull
