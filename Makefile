@@ -37,7 +37,6 @@ system-packages:
 $(STAMP): pyproject.toml
 	$(MAKE) system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: a looser spec pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	# GPAW's extension has C++ sources: compile it with g++
