@@ -194,6 +194,13 @@ def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:
             typer.echo(str(output / name))
 
 
+from xtalloop.cli_benchmark import benchmark_app  # noqa: E402
+from xtalloop.cli_generator import generator_app  # noqa: E402
+
+app.add_typer(generator_app, name="generator", help="Train, fine-tune and sample the diffusion generator.")
+app.add_typer(benchmark_app, name="benchmark", help="Benchmarks: CSP match rate of generators.")
+
+
 def main() -> None:
     """Entry point of the ``xtalloop`` script."""
     import warnings

@@ -30,6 +30,8 @@ class RandomSymmetricSource(_Section):
     formula_units: tuple[int, ...] = (1, 2, 4, 8)
     volume_factor: float = Field(1.1, gt=0)
     min_distance_factor: float = Field(0.6, ge=0)
+    space_group_prior: Literal["mp20", "uniform"] = "mp20"
+    prior_power: float = Field(1.0, ge=0)
 
 
 class PrototypeSubstitutionSource(_Section):

@@ -51,6 +51,9 @@ def plot_funnel(compositions: list[dict[str, Any]], path: str | Path) -> Path:
             if dft_e is not None:
                 ax.scatter([3], [dft_e], s=40, marker="D", color=colour, zorder=3)
         ax.scatter([], [], color=colour, label=comp.get("formula", "?"))
+        ax.annotate(f"{comp.get('formula', '?')}: {funnel.get('generated', 0)}",
+                    (0, 0), xytext=(0, -14 * i), textcoords="offset points",
+                    ha="center", va="top", color=colour, fontsize=8)
     ax.set_xticks(
         [0, 1, 2, 3],
         [f"generated\n({totals['generated']})", f"ML-relaxed\n({totals['relaxed']})",

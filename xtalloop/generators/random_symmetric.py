@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pymatgen.core import Composition
@@ -34,6 +38,13 @@ class RandomSymmetricGenerator:
         sum of their covalent radii.
     space_groups
         Space groups to draw from (``None``: all of 2-230 compatible with the count).
+    space_group_prior
+        ``"mp20"`` draws space groups in proportion to how often known crystals
+        take them (counts over the MP-20 training split, tempered by
+        ``prior_power``), as AIRSS-style searches bias towards common symmetries;
+        ``"uniform"`` draws every compatible group equally.
+    prior_power
+        Exponent on the counts: 1 follows the data, 0 is uniform.
     max_tries
         Attempts per candidate before giving up on it.
     """
@@ -44,6 +55,8 @@ class RandomSymmetricGenerator:
     volume_factor: float = 1.1
     min_distance_factor: float = 0.6
     space_groups: tuple[int, ...] | None = None
+    space_group_prior: Literal["mp20", "uniform"] = "mp20"
+    prior_power: float = 1.0
     max_tries: int = 20
 
     def generate(self, composition: Composition, n: int, seed: int) -> list[Candidate]:
@@ -67,11 +80,12 @@ class RandomSymmetricGenerator:
             logger.warning("no space group fits %s within %d atoms", reduced, self.max_atoms)
             return []
 
+        probabilities = self._option_probabilities(options)
         candidates = []
         for index, child in enumerate(derived_seeds(seed, n)):
             rng = np.random.default_rng(child)
             for attempt in range(self.max_tries):
-                z, sg = options[int(rng.integers(len(options)))]
+                z, sg = options[int(rng.choice(len(options), p=probabilities))]
                 crystal = pyxtal()
                 try:
                     crystal.from_random(
@@ -104,3 +118,20 @@ class RandomSymmetricGenerator:
                 )
                 break
         return candidates
+
+    def _option_probabilities(self, options: list[tuple[int, int]]) -> np.ndarray:
+        """Each number of formula units equally likely; within it, space groups by the prior."""
+        counts = space_group_counts() if self.space_group_prior == "mp20" else {}
+        weights = np.array([(counts.get(sg, 0) + 1.0) ** self.prior_power for _, sg in options])
+        per_z: dict[int, float] = {}
+        for (z, _), w in zip(options, weights, strict=True):
+            per_z[z] = per_z.get(z, 0.0) + w
+        weights = np.array([w / per_z[z] for (z, _), w in zip(options, weights, strict=True)])
+        return weights / weights.sum()
+
+
+@functools.lru_cache(maxsize=1)
+def space_group_counts() -> dict[int, int]:
+    """Number of MP-20 training structures per space group (shipped with the package)."""
+    data = json.loads((Path(__file__).parent / "space_group_counts.json").read_text())
+    return {int(k): int(v) for k, v in data["counts"].items()}

@@ -154,6 +154,7 @@ class BatchRelaxer:
                 optimizables[i].set_positions(new)
                 still_active.append(i)
             active = still_active
-            bar.set_postfix(step=step, active=len(active))
+            if step % 10 == 0 or not active:
+                bar.set_postfix(step=step, active=len(active), refresh=False)
         bar.close()
         return [r for r in results if r is not None]
