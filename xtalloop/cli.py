@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import typer
 
+from xtalloop.cli_benchmark import benchmark_app
+from xtalloop.cli_errors import user_errors
+from xtalloop.cli_generator import generator_app
 from xtalloop.errors import XtalloopError
 
 app = typer.Typer(
@@ -19,23 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Active-learning crystal structure prediction: generate, ML-prefilter, DFT-validate.",
 )
-
-
-def _user_errors(func: Callable) -> Callable:
-    """Report :class:`XtalloopError` as one ``error:`` line and exit 2, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except XtalloopError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: results stored so far are kept", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -74,7 +59,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 @app.command()
-@_user_errors
+@user_errors
 def run(
     config: Path = typer.Argument(..., help="YAML run configuration (see configs/)."),
     store: str | None = typer.Option(None, help="Embedded store folder (overrides the config)."),
@@ -126,7 +111,7 @@ class OutputFormat(str, Enum):
 
 
 @app.command()
-@_user_errors
+@user_errors
 def query(
     formula: str | None = typer.Option(None, help="Composition, e.g. NaCl."),
     chemsys: str | None = typer.Option(None, help="Chemical system, e.g. Na-Cl."),
@@ -194,10 +179,8 @@ def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:
             typer.echo(str(output / name))
 
 
-from xtalloop.cli_benchmark import benchmark_app  # noqa: E402
-from xtalloop.cli_generator import generator_app  # noqa: E402
-
-app.add_typer(generator_app, name="generator", help="Train, fine-tune and sample the diffusion generator.")
+app.add_typer(generator_app, name="generator",
+              help="Train, fine-tune and sample the diffusion generator.")
 app.add_typer(benchmark_app, name="benchmark", help="Benchmarks: CSP match rate of generators.")
 
 

@@ -10,7 +10,6 @@ and ``results.md``, the table also printed to the terminal.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -19,6 +18,7 @@ from typing import Any
 
 import typer
 
+from xtalloop.cli_errors import user_errors
 from xtalloop.errors import ConfigError, DataError, XtalloopError
 
 benchmark_app = typer.Typer(
@@ -27,22 +27,6 @@ benchmark_app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Benchmarks: CSP match rate of generators.",
 )
-
-
-def _user_errors(func: Callable) -> Callable:
-    """Apply :func:`xtalloop.cli._user_errors` at call time.
-
-    ``xtalloop.cli`` imports this module at its end, so importing it here at
-    module level would be circular.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from xtalloop.cli import _user_errors as report_user_errors
-
-        return report_user_errors(func)(*args, **kwargs)
-
-    return wrapper
 
 
 class GeneratorKind(str, Enum):
@@ -286,7 +270,7 @@ def write_combined(
 
 
 @benchmark_app.command()
-@_user_errors
+@user_errors
 def csp(
     data: Path = typer.Option(..., "--data", help="Ground-truth CSV with a 'cif' column "
                                                   "(e.g. MP-20 val.csv.gz)."),

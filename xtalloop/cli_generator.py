@@ -10,15 +10,14 @@ user's files or formula are reported as one ``error:`` line with exit code 2.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from xtalloop.cli_errors import user_errors
 from xtalloop.errors import CompositionError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -32,23 +31,6 @@ generator_app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Train, fine-tune and sample the diffusion generator.",
 )
-
-
-def _user_errors(func: Callable) -> Callable:
-    """Apply :func:`xtalloop.cli._user_errors` at call time.
-
-    ``xtalloop.cli`` imports this module at its end, so importing it here at
-    module level would be circular (and, under ``python -m xtalloop.cli``,
-    would load a second copy of the CLI before this module is complete).
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from xtalloop.cli import _user_errors as report_user_errors
-
-        return report_user_errors(func)(*args, **kwargs)
-
-    return wrapper
 
 
 class PresetName(str, Enum):
@@ -296,7 +278,7 @@ _DATA_HELP = "CSV of crystals with a 'cif' column (optionally .gz), e.g. MP-20 t
 
 
 @generator_app.command()
-@_user_errors
+@user_errors
 def train(
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (.pt); log and loss "
@@ -346,7 +328,7 @@ def train(
 
 
 @generator_app.command()
-@_user_errors
+@user_errors
 def finetune(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint to start from."),
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
@@ -390,7 +372,7 @@ def finetune(
 
 
 @generator_app.command()
-@_user_errors
+@user_errors
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained checkpoint."),
     composition: str = typer.Option(..., "--composition", help="Formula, e.g. Li3PS4."),
