@@ -51,9 +51,9 @@ def plot_funnel(compositions: list[dict[str, Any]], path: str | Path) -> Path:
             if dft_e is not None:
                 ax.scatter([3], [dft_e], s=40, marker="D", color=colour, zorder=3)
         ax.scatter([], [], color=colour, label=comp.get("formula", "?"))
-        ax.annotate(f"{comp.get('formula', '?')}: {funnel.get('generated', 0)}",
-                    (0, 0), xytext=(0, -14 * i), textcoords="offset points",
-                    ha="center", va="top", color=colour, fontsize=8)
+        ax.text(0, 0.92 - 0.06 * i, f"{comp.get('formula', '?')}: {funnel.get('generated', 0)}",
+                transform=ax.get_xaxis_transform(), ha="center", va="top", color=colour,
+                fontsize=8)
     ax.set_xticks(
         [0, 1, 2, 3],
         [f"generated\n({totals['generated']})", f"ML-relaxed\n({totals['relaxed']})",
@@ -61,9 +61,12 @@ def plot_funnel(compositions: list[dict[str, Any]], path: str | Path) -> Path:
     )
     ax.set_xlim(-0.5, 3.5)
     ax.set_yscale("symlog", linthresh=0.05)
+    ax.set_ylim(bottom=-0.005)
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_ylabel("energy above hull (eV/atom)")
     ax.set_title("Energy funnel (ML hull for ML stages, DFT hull for DFT)")
+    ax.text(0, 0.98, "candidates", transform=ax.get_xaxis_transform(), ha="center",
+            va="top", fontsize=8, color="grey")
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
