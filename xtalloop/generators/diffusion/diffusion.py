@@ -46,8 +46,19 @@ def wrapped_normal_score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return (-(d / s2) * w).sum(-1)
 
 
-def wrapped_normal_score_norm(sigma: torch.Tensor, grid: int = 4000) -> torch.Tensor:
-    """``E[score^2]`` under the wrapped normal for each ``sigma`` (by quadrature)."""
+def wrapped_normal_score_norm(
+    sigma: torch.Tensor, grid: int = 4000, chunk: int = 32
+) -> torch.Tensor:
+    """``E[score^2]`` under the wrapped normal for each ``sigma`` (by quadrature).
+
+    Computed ``chunk`` sigmas at a time: the full table for 1000 timesteps
+    would hold tens of millions of float64 intermediates at once.
+    """
+    if len(sigma) > chunk:
+        return torch.cat([
+            wrapped_normal_score_norm(sigma[i:i + chunk], grid, chunk)
+            for i in range(0, len(sigma), chunk)
+        ])
     x = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid - 0.5
     k = torch.arange(-_WRAPS, _WRAPS + 1, dtype=torch.float64)
     sig = sigma.to(torch.float64)[:, None, None]
