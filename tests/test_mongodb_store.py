@@ -22,8 +22,8 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import rocksalt, zincblende
-from xtalloop.config import RunConfig, StoreConfig
-from xtalloop.errors import StoreError
+from xtalloop.config import RunConfig, StoreConfig, load_config
+from xtalloop.errors import ConfigError, StoreError
 from xtalloop.runner import execute
 from xtalloop.store import job_store
 from xtalloop.store.backends import XtalloopMongoStore
@@ -137,6 +137,15 @@ def test_mongodb_backend_needs_a_uri_and_no_password_in_it():
         StoreConfig(backend="mongodb", uri=f"mongodb://u:{PASSWORD}@host")
     with pytest.raises(ValidationError, match="mongodb://"):
         StoreConfig(backend="mongodb", uri="http://host")
+
+
+def test_config_file_without_uri_is_one_line_naming_store_uri(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("compositions: [NaCl]\nstore: {backend: mongodb}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: store.uri: required with backend mongodb")
+    assert "\n" not in str(info.value)
 
 
 def test_redacted_dump_masks_a_uri_password():
