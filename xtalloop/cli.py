@@ -6,14 +6,17 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from xtalloop.cli_benchmark import benchmark_app
 from xtalloop.cli_errors import user_errors
 from xtalloop.cli_generator import generator_app
-from xtalloop.errors import XtalloopError
+from xtalloop.errors import ConfigError, XtalloopError
+
+if TYPE_CHECKING:
+    from xtalloop.config import StoreConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -85,7 +88,7 @@ def run(
     from xtalloop.runner import execute
 
     typer.echo(f"xtalloop: {len(cfg.compositions)} compositions "
-               f"({', '.join(cfg.compositions)}), store {cfg.store.resolved_path}")
+               f"({', '.join(cfg.compositions)}), store {cfg.store.location}")
     result = execute(cfg, progress=progress)
     rows = [
         dict(row, nsites=len(row["structure"]["sites"]))
@@ -118,12 +121,17 @@ def query(
     max_e_above_hull: float | None = typer.Option(None, help="eV/atom."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or cif."),
     store: str = typer.Option("xtalloop-data", help="Embedded store folder."),
+    uri: str | None = typer.Option(
+        None, help="Query a MongoDB store instead: mongodb://[user@]host[:port] "
+                   "(no password in it; see --password-env)."),
+    database: str = typer.Option("xtalloop", help="With --uri: the MongoDB database."),
+    password_env: str | None = typer.Option(
+        None, help="With --uri: environment variable holding the MongoDB password."),
     output: Path | None = typer.Option(None, "--output", "-o",
                                        help="With --format cif: folder to write one CIF per structure."),
 ) -> None:
     """List validated structures, filtered by formula, chemical system and hull distance."""
     from xtalloop.composition import parse_composition
-    from xtalloop.config import StoreConfig
     from xtalloop.errors import StoreError
     from xtalloop.store.results import open_results
 
@@ -132,10 +140,10 @@ def query(
     if chemsys:
         for symbol in chemsys.split("-"):
             parse_composition(symbol, charge_balance="off")
-    config = StoreConfig(path=store)
-    if not (config.resolved_path / "xtalloop").is_dir():
+    config = _query_store(store, uri, database, password_env)
+    if config.backend == "embedded" and not (config.resolved_path / "xtalloop").is_dir():
         raise StoreError(f"no xtalloop store at {config.resolved_path} "
-                         "(run `xtalloop run` first or pass --store)")
+                         "(run `xtalloop run` first or pass --store or --uri)")
     with open_results(config) as db:
         docs = db.find_validated(formula=formula, chemsys=chemsys,
                                  max_e_above_hull=max_e_above_hull)
@@ -160,7 +168,27 @@ def query(
             }
             for d in docs
         ]
-        _table(rows, f"{len(rows)} validated structures in {config.resolved_path}")
+        _table(rows, f"{len(rows)} validated structures in {config.location}")
+
+
+def _query_store(
+    path: str, uri: str | None, database: str, password_env: str | None
+) -> StoreConfig:
+    """The store ``xtalloop query`` reads: the embedded folder, or MongoDB with ``--uri``."""
+    from pydantic import ValidationError
+
+    from xtalloop.config import StoreConfig, config_error_message
+
+    settings: dict[str, Any] = {"backend": "embedded", "path": path}
+    if uri is not None:
+        settings = {"backend": "mongodb", "uri": uri, "database": database,
+                    "password_env": password_env}
+    try:
+        return StoreConfig(**settings)
+    except ValidationError as exc:
+        message = config_error_message(exc).replace("uri:", "--uri:").replace(
+            "database:", "--database:").replace("password_env:", "--password-env:")
+        raise ConfigError(message) from None
 
 
 def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:

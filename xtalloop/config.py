@@ -8,6 +8,7 @@ A configuration is data. :func:`load_config` reads a YAML file into a
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,15 +122,93 @@ class DFTConfig(_Section):
 
 
 class StoreConfig(_Section):
-    """Where jobs, validated structures and references live."""
+    """Where jobs, validated structures and references live.
 
-    backend: Literal["embedded"] = "embedded"
+    ``backend: embedded`` keeps everything in a local folder (``path``);
+    ``backend: mongodb`` uses a MongoDB server (``uri``, ``database``). The
+    MongoDB password is never part of the configuration: ``password_env``
+    names an environment variable and ``password_file`` a file that hold it,
+    and both are read only when a connection is opened.
+    """
+
+    backend: Literal["embedded", "mongodb"] = "embedded"
     path: str = Field("xtalloop-data", description="folder of the embedded database")
+    uri: str | None = Field(None, description="mongodb:// or mongodb+srv:// connection string")
+    database: str = Field("xtalloop", pattern=r"^[^/\\. \"$]+$")
+    username: str | None = Field(None, description="MongoDB user (or give it in the uri)")
+    auth_source: str | None = Field(None, description="database holding the user")
+    tls: bool = False
+    tls_ca_file: str | None = None
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                     description="environment variable holding the password")
+    password_file: str | None = Field(None, description="file whose first line is the password")
+
+    @field_validator("uri")
+    @classmethod
+    def _mongodb_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        userinfo, at, _ = uri_netloc(value).rpartition("@")
+        if at and ":" in userinfo:
+            raise ValueError("holds a password: give it with password_env or password_file "
+                             "instead, so that it is never stored")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> StoreConfig:
+        if self.backend == "mongodb" and not self.uri:
+            raise ValueError("uri: required with backend mongodb "
+                             "(e.g. mongodb://user@host:27017)")
+        if self.password_env and self.password_file:
+            raise ValueError("password_file: give either password_env or password_file, not both")
+        return self
 
     @property
     def resolved_path(self) -> Path:
         """The store folder, with ``~`` and environment variables expanded."""
         return Path(os.path.expandvars(self.path)).expanduser().resolve()
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: a folder, or MongoDB host(s) and database."""
+        if self.backend == "mongodb":
+            return f"mongodb {uri_hosts(self.uri or '')}/{self.database}"
+        return str(self.resolved_path)
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """``model_dump(mode="json")`` that is safe to store, log or print.
+
+        No field holds a password, and a password in the ``uri`` is refused at
+        validation; the ``uri`` is still masked here in case a config was built
+        without validation (``model_construct``).
+        """
+        data = self.model_dump(mode="json")
+        if data.get("uri"):
+            data["uri"] = redact_uri(data["uri"])
+        return data
+
+
+def uri_netloc(uri: str) -> str:
+    """The ``user@host1:port,host2`` part of a MongoDB URI (no DNS lookup, unlike pymongo)."""
+    rest = uri.split("://", 1)[-1]
+    return re.split(r"[/?]", rest, maxsplit=1)[0]
+
+
+def uri_hosts(uri: str) -> str:
+    """The host list of a MongoDB URI, without user or password."""
+    return uri_netloc(uri).rpartition("@")[2]
+
+
+def redact_uri(uri: str) -> str:
+    """``mongodb://user:secret@host`` → ``mongodb://user:***@host``."""
+    netloc = uri_netloc(uri)
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    user = userinfo.split(":", 1)[0]
+    return uri.replace(netloc, f"{user}:***@{hosts}", 1)
 
 
 class RunConfig(_Section):
@@ -164,6 +243,10 @@ class RunConfig(_Section):
                 raise ValueError(f"compositions[{i}]: {exc}") from None
         return self
 
+    def redacted_dump(self) -> dict[str, Any]:
+        """``model_dump(mode="json")`` safe to store, log or print (see :meth:`StoreConfig.redacted_dump`)."""
+        return {**self.model_dump(mode="json"), "store": self.store.redacted_dump()}
+
     def parsed_compositions(self):
         """The compositions as reduced pymatgen ``Composition`` objects."""
         return [
@@ -185,6 +268,9 @@ def _location(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
+_KEY_PREFIX = re.compile(r"^([a-z_]+): (.+)$")
+
+
 def config_error_message(exc: ValidationError) -> str:
     """One line per problem, ``key.path: message``, most relevant first."""
     lines = []
@@ -197,6 +283,8 @@ def config_error_message(exc: ValidationError) -> str:
             message = "required key is missing"
         elif message.startswith("compositions["):
             where, _, message = message.partition(": ")
+        elif match := _KEY_PREFIX.match(message):  # a model validator naming one of its keys
+            where, message = f"{where}.{match[1]}" if where else match[1], match[2]
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
 

@@ -70,9 +70,9 @@ def execute(
     run = {"id": run_id, "name": config.name}
     with open_results(config.store) as db:
         db.save_run({"id": run_id, "name": config.name, "status": "running",
-                     "started_at": now(), "config": config.model_dump(mode="json"),
+                     "started_at": now(), "config": config.redacted_dump(),
                      "run_dir": str(run_dir)})
-    (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    (run_dir / "config.json").write_text(json.dumps(config.redacted_dump(), indent=2))
 
     flow = run_flow(config, run, progress, relax_maker)
     store = job_store(config.store)
@@ -102,7 +102,7 @@ def execute(
     with open_results(config.store) as db:
         db.save_run({"id": run_id, "name": config.name, "finished_at": now(),
                      "status": "completed" if not failed_jobs else "completed with failures",
-                     "failed_jobs": failed_jobs, "config": config.model_dump(mode="json"),
+                     "failed_jobs": failed_jobs, "config": config.redacted_dump(),
                      "run_dir": str(run_dir),
                      "funnel": {c["formula"]: c.get("funnel", {}) for c in compositions},
                      "validated": [v["uuid"] for v in result.validated]})

@@ -1,34 +1,257 @@
-"""maggma stores for each backend named in a :class:`~xtalloop.config.StoreConfig`."""
+"""maggma stores for each backend named in a :class:`~xtalloop.config.StoreConfig`.
+
+``embedded``
+    montydb (sqlite) in a local folder: nothing to install or run.
+``mongodb``
+    A MongoDB server: maggma ``MongoStore`` per collection, GridFS for jobflow's
+    large data (trajectories). The password is read from ``password_env`` or
+    ``password_file`` only inside :meth:`connect`, handed to pymongo and kept
+    nowhere else, so serialising a store (``as_dict``) never reveals it.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 from jobflow import JobStore
 from maggma.core import Store
-from maggma.stores import MontyStore
+from maggma.stores import GridFSStore, MongoStore, MontyStore
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
-from xtalloop.config import StoreConfig
+from xtalloop.config import StoreConfig, uri_hosts
 from xtalloop.errors import StoreError
 
 DATABASE_NAME = "xtalloop"
+TIMEOUT_MS = 5000
+
+#: Fields xtalloop's queries filter on, indexed when a MongoDB collection is opened.
+INDEXES: dict[str, tuple[str, ...]] = {
+    "validated": ("uuid", "formula", "chemsys", "e_above_hull", "dft.settings_key"),
+    "references": ("key", "element", "settings_key"),
+    "runs": ("id", "status"),
+}
 
 
 def collection_store(config: StoreConfig, collection: str) -> Store:
-    """An unconnected maggma store for one collection of the configured database."""
+    """An unconnected maggma store for one collection of the configured database.
+
+    Parameters
+    ----------
+    config
+        Backend and its connection settings.
+    collection
+        Collection name; xtalloop's own collections get their query indexes
+        (:data:`INDEXES`) created on connect.
+    """
     if config.backend == "embedded":
-        path = config.resolved_path
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the embedded store at {path}: {exc.strerror}") from None
-        return MontyStore(
-            collection, database_path=str(path), database_name=DATABASE_NAME, storage="sqlite"
+        return _embedded_store(config, collection)
+    if config.backend == "mongodb":
+        return XtalloopMongoStore(
+            database=config.database, collection_name=collection, uri=config.uri,
+            mongoclient_kwargs=client_options(config), indexes=list(INDEXES.get(collection, ())),
+            password_env=config.password_env, password_file=config.password_file,
         )
     raise StoreError(f"unsupported store backend {config.backend!r}")
 
 
 def job_store(config: StoreConfig) -> JobStore:
-    """jobflow's store: job outputs in ``jobs``, large data (trajectories) in ``job_data``."""
-    return JobStore(
-        collection_store(config, "jobs"),
-        additional_stores={"data": collection_store(config, "job_data")},
+    """jobflow's store: job outputs in ``jobs``, large data (trajectories) in ``job_data``.
+
+    With MongoDB the large data goes to GridFS, so a document may exceed 16 MB.
+    """
+    if config.backend == "mongodb":
+        data: Store = XtalloopGridFSStore(
+            database=config.database, collection_name="job_data", uri=config.uri,
+            mongoclient_kwargs=client_options(config),
+            password_env=config.password_env, password_file=config.password_file,
+        )
+    else:
+        data = collection_store(config, "job_data")
+    return JobStore(collection_store(config, "jobs"), additional_stores={"data": data})
+
+
+def _embedded_store(config: StoreConfig, collection: str) -> MontyStore:
+    path = config.resolved_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the embedded store at {path}: {exc.strerror}") from None
+    return MontyStore(
+        collection, database_path=str(path), database_name=DATABASE_NAME, storage="sqlite"
     )
+
+
+# -- MongoDB ------------------------------------------------------------------------
+
+
+def client_options(config: StoreConfig) -> dict[str, Any]:
+    """``MongoClient`` keyword arguments of a config, without the password."""
+    options: dict[str, Any] = {
+        "serverSelectionTimeoutMS": TIMEOUT_MS,
+        "connectTimeoutMS": TIMEOUT_MS,
+    }
+    if config.username:
+        options["username"] = config.username
+    if config.auth_source:
+        options["authSource"] = config.auth_source
+    if config.tls:
+        options["tls"] = True
+    if config.tls_ca_file:
+        options["tls"] = True
+        options["tlsCAFile"] = str(Path(os.path.expandvars(config.tls_ca_file)).expanduser())
+    return options
+
+
+def read_password(password_env: str | None, password_file: str | None) -> str | None:
+    """The MongoDB password from its environment variable or file (``None`` when neither is set).
+
+    Raises
+    ------
+    StoreError
+        The variable is unset or the file unreadable; the message names the
+        variable or file, never its content.
+    """
+    if password_env:
+        value = os.environ.get(password_env)
+        if not value:
+            raise StoreError(f"the MongoDB password variable {password_env} "
+                             "(store.password_env) is not set")
+        return value
+    if password_file:
+        path = Path(os.path.expandvars(password_file)).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise StoreError(f"cannot read the MongoDB password file {path} "
+                             f"(store.password_file): {reason}") from None
+        if not lines or not lines[0].strip():
+            raise StoreError(f"the MongoDB password file {path} (store.password_file) is empty")
+        return lines[0].strip()
+    return None
+
+
+def connection_error(uri: str, database: str, exc: Exception) -> StoreError:
+    """One line naming the host and what went wrong, never the password or pymongo's dump."""
+    where = f"MongoDB at {uri_hosts(uri)} (database {database!r})"
+    if isinstance(exc, OperationFailure) and exc.code in (18, 13):
+        reason = ("authentication failed: check the user, store.auth_source and the password"
+                  if exc.code == 18 else "not authorised: give a user and password")
+    elif isinstance(exc, ConfigurationError) and "password is required" in str(exc):
+        reason = "a user is given but no password: set store.password_env or store.password_file"
+    elif isinstance(exc, ConfigurationError):
+        reason = f"bad connection settings: {str(exc).splitlines()[0]}"
+    elif isinstance(exc, OperationFailure):
+        reason = f"the server refused: {exc.details.get('errmsg', exc.code) if exc.details else exc.code}"
+    else:
+        reason = f"no answer within {TIMEOUT_MS // 1000} s (is the server running and reachable?)"
+    return StoreError(f"cannot use {where}: {reason}")
+
+
+class _PasswordAtConnect:
+    """Mixin for maggma Mongo stores: add the password to ``mongoclient_kwargs`` only while connecting."""
+
+    uri: str
+    database: str
+    mongoclient_kwargs: dict[str, Any]
+    password_env: str | None
+    password_file: str | None
+
+    @contextmanager
+    def _with_password(self) -> Iterator[str | None]:
+        password = read_password(self.password_env, self.password_file)
+        saved = self.mongoclient_kwargs
+        if password is not None:
+            self.mongoclient_kwargs = {**saved, "password": password}
+        try:
+            yield password
+        except PyMongoError as exc:
+            raise connection_error(self.uri, self.database, exc) from None
+        finally:
+            self.mongoclient_kwargs = saved
+
+
+class XtalloopMongoStore(_PasswordAtConnect, MongoStore):
+    """maggma ``MongoStore`` that reads its password at connect time, checks the
+    server answers and creates the collection's query indexes.
+
+    Parameters
+    ----------
+    indexes
+        Fields to index (ascending) on connect.
+    password_env, password_file
+        Where the password is; see :func:`read_password`.
+    **kwargs
+        Passed to ``MongoStore`` (``database``, ``collection_name``, ``uri``, ...).
+    """
+
+    def __init__(
+        self,
+        indexes: list[str] | None = None,
+        password_env: str | None = None,
+        password_file: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.indexes = list(indexes or [])
+        self.password_env = password_env
+        self.password_file = password_file
+        super().__init__(**kwargs)
+
+    @property
+    def name(self) -> str:
+        """``mongodb://hosts/database/collection`` without credentials."""
+        return f"mongodb://{uri_hosts(self.uri)}/{self.database}/{self.collection_name}"
+
+    def connect(self, force_reset: bool = False) -> None:
+        """Connect, ping the server and ensure the indexes; one-line :class:`StoreError` if not."""
+        if self._coll is not None and not force_reset:
+            return
+        with self._with_password():
+            super().connect(force_reset=force_reset)
+            try:
+                self._coll.database.command("ping")
+                for field in (self.key, *self.indexes):
+                    self._coll.create_index(field)
+            except BaseException:
+                self._coll.database.client.close()
+                self._coll = None
+                raise
+
+
+class XtalloopGridFSStore(_PasswordAtConnect, GridFSStore):
+    """maggma ``GridFSStore`` that reads its password at connect time.
+
+    Parameters
+    ----------
+    password_env, password_file
+        Where the password is; see :func:`read_password`.
+    **kwargs
+        Passed to ``GridFSStore`` (``database``, ``collection_name``, ``uri``, ...).
+    """
+
+    def __init__(
+        self,
+        password_env: str | None = None,
+        password_file: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.password_env = password_env
+        self.password_file = password_file
+        super().__init__(**kwargs)
+
+    @property
+    def name(self) -> str:
+        """``gridfs://hosts/database/collection`` without credentials."""
+        return f"gridfs://{uri_hosts(self.uri)}/{self.database}/{self.collection_name}"
+
+    def connect(self, force_reset: bool = False) -> None:
+        """Connect and ping the server; one-line :class:`StoreError` if it does not answer."""
+        if self._coll and not force_reset:
+            return
+        with self._with_password():
+            super().connect(force_reset=force_reset)
+            self._files_collection.database.command("ping")

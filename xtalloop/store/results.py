@@ -56,6 +56,8 @@ class ResultsDB:
             store = collection_store(self.config, name)
             try:
                 store.connect()
+            except StoreError:
+                raise
             except Exception as exc:  # backend-specific connection errors
                 raise StoreError(f"cannot open the {name!r} collection: {exc}") from None
             self._stores[name] = store

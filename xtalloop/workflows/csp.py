@@ -81,9 +81,10 @@ def csp_flow_maker(
                 smearing_width=dft.smearing_width, steps=dft.steps,
                 relax_kwargs={"fmax": dft.fmax}, progress=progress,
             ),
-            # jobs run inside their own folders: pin the store to an absolute path
+            # jobs run inside their own folders: pin the store to an absolute path;
+            # no password travels with the jobs (only where to read it)
             store=config.store.model_copy(
-                update={"path": str(config.store.resolved_path)}).model_dump(),
+                update={"path": str(config.store.resolved_path)}).redacted_dump(),
             run=run,
         ),
     )
