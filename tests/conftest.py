@@ -29,6 +29,17 @@ def diamond(el: str, a: float) -> Structure:
     return Structure(fcc(a), [el, el], [[0, 0, 0], [0.25, 0.25, 0.25]])
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids oversubscribing a shared CPU (much faster)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def store_config(tmp_path) -> StoreConfig:
     """An empty embedded store in a temporary folder."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from typer.testing import CliRunner
@@ -25,6 +24,9 @@ model: {hidden_dim: 32, n_layers: 2, n_frequencies: 4, time_dim: 16}
 noise: {timesteps: 50}
 train: {epochs: 3, batch_size: 4, lr: 0.003, save_every: 0, device: cpu, seed: 0}
 """
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_structures() -> dict[str, Structure]:
@@ -63,14 +65,6 @@ def xtalloop(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def invoke(*args: str):
     """The command line in this process (faster; same code path)."""
     return CliRunner().invoke(app, list(args))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

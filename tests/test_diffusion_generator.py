@@ -42,6 +42,9 @@ _PROTOTYPES = [
 ]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def _structures() -> list[Structure]:
     """Primitive cells of nine simple binaries plus three conventional cells (<= 12 atoms)."""
     out = []
@@ -62,15 +65,6 @@ def _tiny_config(epochs: int = 12, **train: object) -> DiffusionConfig:
             epochs=epochs, batch_size=4, lr=3e-3, save_every=0, device="cpu", seed=0, **train
         ),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (much faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
