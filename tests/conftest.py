@@ -1,13 +1,16 @@
-"""Shared fixtures: prototype structures, a temporary store, a cheap "DFT" maker."""
+"""Shared fixtures: prototype structures, a temporary store, a cheap "DFT" maker, a MongoDB server."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from mongodb_server import PASSWORD, PASSWORD_ENV, USER, Server, free_port
 from xtalloop.config import StoreConfig
 from xtalloop.dft.gpaw import GpawRelaxMaker
 
@@ -95,3 +98,44 @@ def require_gpaw() -> None:
     if os.environ.get("CI"):
         pytest.fail("GPAW is not importable in CI: `make test` should have installed it")
     pytest.skip("GPAW is not installed (pip install 'xtalloop[dft]')")
+
+
+# -- a MongoDB server -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mongodb_server(tmp_path_factory) -> Iterator[Server]:
+    """A SecantusDB server with auth on and user ``xtal`` (readWrite on every database)."""
+    if importlib.util.find_spec("secantus") is None:
+        if os.environ.get("CI"):
+            pytest.fail("secantusdb is not installed (pip install secantusdb, or `make test`)")
+        pytest.skip("secantusdb is not installed: `pip install secantusdb` to test the "
+                    "MongoDB backend against a real server")
+    import pymongo
+
+    server = Server(tmp_path_factory.mktemp("secantusdb"), free_port())
+    server.start(auth=False)
+    try:
+        client = pymongo.MongoClient("127.0.0.1", server.port, serverSelectionTimeoutMS=10000)
+        client.admin.command("createUser", USER, pwd=PASSWORD,
+                             roles=[{"role": "readWriteAnyDatabase", "db": "admin"}])
+        client.close()
+    finally:
+        server.stop()
+    server.start(auth=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_password(monkeypatch) -> str:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    return PASSWORD
+
+
+@pytest.fixture
+def mongo_config(mongodb_server, mongo_password, request) -> StoreConfig:
+    """A fresh database on the test server, one per test."""
+    return StoreConfig(backend="mongodb", uri=f"mongodb://{USER}@127.0.0.1:{mongodb_server.port}",
+                       database=f"t_{request.node.name[:40]}".replace("[", "_").replace("]", ""),
+                       auth_source="admin", password_env=PASSWORD_ENV)

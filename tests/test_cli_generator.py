@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import fcc, rocksalt, zincblende
 from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from typer.testing import CliRunner
 
-from conftest import fcc, rocksalt, zincblende
 from xtalloop.cli import app
 from xtalloop.generators.diffusion import read_checkpoint
 
@@ -110,6 +110,7 @@ def test_sample_same_seed_same_files(checkpoint, work):
     first = xtalloop(*args, "--out", "a", cwd=work)
     second = xtalloop(*args, "--out", "b", cwd=work)
     assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
     names = sorted(p.name for p in (work / "a").glob("*.cif"))
     assert names == ["Li3PS4_s7_000.cif", "Li3PS4_s7_001.cif", "Li3PS4_s7_002.cif"]
     for name in names:

@@ -1,120 +1,29 @@
 """The MongoDB backend against a real MongoDB-wire-protocol server (SecantusDB).
 
-SecantusDB (``pip install secantusdb``, GPL-2.0, a test-only dependency) runs
-in a subprocess on a free port with authentication on; the tests connect as a
-user whose password comes from an environment variable. Without SecantusDB the
-tests are skipped, except on CI (``CI`` set), where they fail.
+The server runs in a subprocess (``mongodb_server`` in ``conftest.py``) with
+authentication on; the tests connect as a user whose password comes from an
+environment variable. Without SecantusDB the tests are skipped, except on CI
+(``CI`` set), where they fail.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from conftest import rocksalt, zincblende
+from mongodb_server import PASSWORD, PASSWORD_ENV, USER, free_port
 from xtalloop.config import RunConfig, StoreConfig, load_config
 from xtalloop.errors import ConfigError, StoreError
 from xtalloop.runner import execute
 from xtalloop.store import job_store
 from xtalloop.store.backends import XtalloopMongoStore
 from xtalloop.store.results import open_results
-
-USER = "xtal"
-PASSWORD = "s3cret-Pa55word-never-shown"
-PASSWORD_ENV = "XTALLOOP_TEST_MONGO_PASSWORD"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A SecantusDB server process on ``127.0.0.1:port`` storing in ``path``."""
-
-    def __init__(self, path: Path, port: int) -> None:
-        self.path, self.port = path, port
-        self.process: subprocess.Popen | None = None
-
-    def start(self, auth: bool) -> None:
-        command = [sys.executable, "-m", "secantus", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--storage-path", str(self.path / "data"),
-                   "--log-level", "WARNING", *(["--auth"] if auth else [])]
-        log = open(self.path / "server.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(command, stdout=log, stderr=log)
-        self._wait_until_listening()
-
-    def _wait_until_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.path / "server.log").read_text()[-2000:]
-                pytest.fail(f"secantusd exited with {self.process.returncode}:\n{log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        pytest.fail(f"secantusd did not listen on port {self.port} within {timeout} s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-@pytest.fixture(scope="session")
-def mongodb_server(tmp_path_factory) -> Iterator[Server]:
-    """A SecantusDB server with auth on and user ``xtal`` (readWrite on every database)."""
-    if importlib.util.find_spec("secantus") is None:
-        if os.environ.get("CI"):
-            pytest.fail("secantusdb is not installed (pip install secantusdb, or `make test`)")
-        pytest.skip("secantusdb is not installed: `pip install secantusdb` to test the "
-                    "MongoDB backend against a real server")
-    import pymongo
-
-    server = Server(tmp_path_factory.mktemp("secantusdb"), free_port())
-    server.start(auth=False)
-    try:
-        client = pymongo.MongoClient("127.0.0.1", server.port, serverSelectionTimeoutMS=10000)
-        client.admin.command("createUser", USER, pwd=PASSWORD,
-                             roles=[{"role": "readWriteAnyDatabase", "db": "admin"}])
-        client.close()
-    finally:
-        server.stop()
-    server.start(auth=True)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def mongo_password(monkeypatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return PASSWORD
-
-
-@pytest.fixture
-def mongo_config(mongodb_server, mongo_password, request) -> StoreConfig:
-    """A fresh database on the test server, one per test."""
-    return StoreConfig(backend="mongodb", uri=f"mongodb://{USER}@127.0.0.1:{mongodb_server.port}",
-                       database=f"t_{request.node.name[:40]}".replace("[", "_").replace("]", ""),
-                       auth_source="admin", password_env=PASSWORD_ENV)
 
 
 def validated_doc(structure, energy: float, run_id: str = "r1") -> dict:

@@ -6,17 +6,19 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from xtalloop.cli_benchmark import benchmark_app
+from xtalloop.cli_db import (
+    DATABASE_HELP, PASSWORD_ENV_HELP, STORE_HELP, URI_HELP, checked_filters, db_app, export,
+    store_from_options,
+)
 from xtalloop.cli_errors import user_errors
 from xtalloop.cli_generator import generator_app
-from xtalloop.errors import ConfigError, XtalloopError
-
-if TYPE_CHECKING:
-    from xtalloop.config import StoreConfig
+from xtalloop.cli_hpc import rerun_failed, status, submit
+from xtalloop.errors import XtalloopError
 
 app = typer.Typer(
     add_completion=False,
@@ -120,30 +122,18 @@ def query(
     chemsys: str | None = typer.Option(None, help="Chemical system, e.g. Na-Cl."),
     max_e_above_hull: float | None = typer.Option(None, help="eV/atom."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or cif."),
-    store: str = typer.Option("xtalloop-data", help="Embedded store folder."),
-    uri: str | None = typer.Option(
-        None, help="Query a MongoDB store instead: mongodb://[user@]host[:port] "
-                   "(no password in it; see --password-env)."),
-    database: str = typer.Option("xtalloop", help="With --uri: the MongoDB database."),
-    password_env: str | None = typer.Option(
-        None, help="With --uri: environment variable holding the MongoDB password."),
+    store: str = typer.Option("xtalloop-data", help=STORE_HELP),
+    uri: str | None = typer.Option(None, help=URI_HELP),
+    database: str = typer.Option("xtalloop", help=DATABASE_HELP),
+    password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
     output: Path | None = typer.Option(None, "--output", "-o",
                                        help="With --format cif: folder to write one CIF per structure."),
 ) -> None:
     """List validated structures, filtered by formula, chemical system and hull distance."""
-    from xtalloop.composition import parse_composition
-    from xtalloop.errors import StoreError
     from xtalloop.store.results import open_results
 
-    if formula:
-        formula = parse_composition(formula, charge_balance="off").reduced_formula
-    if chemsys:
-        for symbol in chemsys.split("-"):
-            parse_composition(symbol, charge_balance="off")
-    config = _query_store(store, uri, database, password_env)
-    if config.backend == "embedded" and not (config.resolved_path / "xtalloop").is_dir():
-        raise StoreError(f"no xtalloop store at {config.resolved_path} "
-                         "(run `xtalloop run` first or pass --store or --uri)")
+    formula = checked_filters(formula, chemsys)
+    config = store_from_options(store, uri, database, password_env)
     with open_results(config) as db:
         docs = db.find_validated(formula=formula, chemsys=chemsys,
                                  max_e_above_hull=max_e_above_hull)
@@ -171,45 +161,27 @@ def query(
         _table(rows, f"{len(rows)} validated structures in {config.location}")
 
 
-def _query_store(
-    path: str, uri: str | None, database: str, password_env: str | None
-) -> StoreConfig:
-    """The store ``xtalloop query`` reads: the embedded folder, or MongoDB with ``--uri``."""
-    from pydantic import ValidationError
-
-    from xtalloop.config import StoreConfig, config_error_message
-
-    settings: dict[str, Any] = {"backend": "embedded", "path": path}
-    if uri is not None:
-        settings = {"backend": "mongodb", "uri": uri, "database": database,
-                    "password_env": password_env}
-    try:
-        return StoreConfig(**settings)
-    except ValidationError as exc:
-        message = config_error_message(exc).replace("uri:", "--uri:").replace(
-            "database:", "--database:").replace("password_env:", "--password-env:")
-        raise ConfigError(message) from None
-
-
 def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:
-    from pymatgen.core import Structure
-    from pymatgen.io.cif import CifWriter
+    from xtalloop.export import cif_text, file_stem
 
     for doc in docs:
-        structure = Structure.from_dict(doc["structure"])
-        text = str(CifWriter(structure, symprec=0.1))
-        name = f"{doc['formula']}_{doc['space_group'].replace('/', '_')}_{doc['uuid'][:8]}.cif"
+        name = f"{file_stem(doc)}.cif"
         if output is None:
-            typer.echo(f"# {name}\n{text}")
+            typer.echo(f"# {name}\n{cif_text(doc)}")
         else:
             output.mkdir(parents=True, exist_ok=True)
-            (output / name).write_text(text)
+            (output / name).write_text(cif_text(doc))
             typer.echo(str(output / name))
 
 
 app.add_typer(generator_app, name="generator",
               help="Train, fine-tune and sample the diffusion generator.")
 app.add_typer(benchmark_app, name="benchmark", help="Benchmarks: CSP match rate of generators.")
+app.add_typer(db_app, name="db", help="The results database: counts of what is stored.")
+app.command()(export)
+app.command()(submit)
+app.command()(status)
+app.command(name="rerun-failed")(rerun_failed)
 
 
 def main() -> None:

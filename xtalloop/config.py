@@ -190,6 +190,29 @@ class StoreConfig(_Section):
         return data
 
 
+class SubmitConfig(_Section):
+    """How ``xtalloop submit`` hands a run to a cluster's workflow manager.
+
+    ``engine: fireworks`` adds the run as one FireWorks workflow to a
+    LaunchPad: the one described by ``launchpad_file`` (a FireWorks
+    ``my_launchpad.yaml``), or else the database ``launchpad_database`` on the
+    store's MongoDB server, with the store's user and password settings.
+    ``engine: jobflow-remote`` submits the flow to the jobflow-remote
+    ``project`` for its ``worker``.
+    """
+
+    engine: Literal["fireworks", "jobflow-remote"] = "fireworks"
+    launchpad_file: str | None = Field(None, description="a FireWorks my_launchpad.yaml")
+    launchpad_database: str = Field("fireworks", pattern=r"^[^/\\. \"$]+$")
+    category: str | None = Field(
+        None, description="FireWorks _category: only fireworkers of this category run the jobs")
+    project: str | None = Field(None, description="jobflow-remote project name")
+    worker: str | None = Field(None, description="jobflow-remote worker name")
+    exec_config: str | None = Field(None, description="jobflow-remote exec_config name")
+    resources: dict[str, Any] | None = Field(
+        None, description="jobflow-remote resources of every job (e.g. nodes, time)")
+
+
 def uri_netloc(uri: str) -> str:
     """The ``user@host1:port,host2`` part of a MongoDB URI (no DNS lookup, unlike pymongo)."""
     rest = uri.split("://", 1)[-1]
@@ -221,6 +244,7 @@ class RunConfig(_Section):
     prefilter: PrefilterConfig = PrefilterConfig()
     dft: DFTConfig = DFTConfig()
     store: StoreConfig = StoreConfig()
+    submit: SubmitConfig = SubmitConfig()
     output_dir: str = "runs"
 
     @field_validator("compositions")

@@ -185,21 +185,30 @@ class XtalloopMongoStore(_PasswordAtConnect, MongoStore):
         Fields to index (ascending) on connect.
     password_env, password_file
         Where the password is; see :func:`read_password`.
+    database, collection_name, uri, mongoclient_kwargs
+        As for ``MongoStore``.
     **kwargs
-        Passed to ``MongoStore`` (``database``, ``collection_name``, ``uri``, ...).
+        Passed to ``MongoStore``.
     """
 
     def __init__(
         self,
+        database: str,
+        collection_name: str,
+        uri: str,
+        mongoclient_kwargs: dict[str, Any] | None = None,
         indexes: list[str] | None = None,
         password_env: str | None = None,
         password_file: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # every argument is named in the signature, so that ``as_dict`` (how jobflow
+        # ships a store to FireWorks and jobflow-remote workers) round-trips
         self.indexes = list(indexes or [])
         self.password_env = password_env
         self.password_file = password_file
-        super().__init__(**kwargs)
+        super().__init__(database=database, collection_name=collection_name, uri=uri,
+                         mongoclient_kwargs=mongoclient_kwargs, **kwargs)
 
     @property
     def name(self) -> str:
@@ -229,19 +238,26 @@ class XtalloopGridFSStore(_PasswordAtConnect, GridFSStore):
     ----------
     password_env, password_file
         Where the password is; see :func:`read_password`.
+    database, collection_name, uri, mongoclient_kwargs
+        As for ``GridFSStore``.
     **kwargs
-        Passed to ``GridFSStore`` (``database``, ``collection_name``, ``uri``, ...).
+        Passed to ``GridFSStore``.
     """
 
     def __init__(
         self,
+        database: str,
+        collection_name: str,
+        uri: str,
+        mongoclient_kwargs: dict[str, Any] | None = None,
         password_env: str | None = None,
         password_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.password_env = password_env
         self.password_file = password_file
-        super().__init__(**kwargs)
+        super().__init__(database=database, collection_name=collection_name, uri=uri,
+                         mongoclient_kwargs=mongoclient_kwargs, **kwargs)
 
     @property
     def name(self) -> str:

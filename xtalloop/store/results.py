@@ -138,6 +138,7 @@ class ResultsDB:
         max_e_above_hull: float | None = None,
         settings_key: str | None = None,
         within_chemsys: bool = False,
+        run_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Validated structures, most stable first within each formula.
 
@@ -153,6 +154,8 @@ class ResultsDB:
             Only results computed with these DFT settings.
         within_chemsys
             With ``chemsys``: also return the structures of its subsystems.
+        run_id
+            Only structures found (or found again) by this run.
         """
         criteria: dict[str, Any] = {}
         if formula:
@@ -167,6 +170,8 @@ class ResultsDB:
             criteria["e_above_hull"] = {"$lte": max_e_above_hull}
         if settings_key:
             criteria["dft.settings_key"] = settings_key
+        if run_id:
+            criteria["found_in_runs"] = run_id
         docs = [
             {k: v for k, v in d.items() if k != "_id"}
             for d in self.store(VALIDATED).query(criteria)
@@ -202,6 +207,52 @@ class ResultsDB:
         """A run record by id."""
         doc = self.store(RUNS).query_one({"id": run_id})
         return None if doc is None else {k: v for k, v in doc.items() if k != "_id"}
+
+    def latest_run(self, name: str) -> dict[str, Any] | None:
+        """The newest run record of a configuration name (run ids sort by time)."""
+        docs = list(self.store(RUNS).query({"name": name}))
+        if not docs:
+            return None
+        doc = max(docs, key=lambda d: d.get("started_at") or d.get("submitted_at") or "")
+        return {k: v for k, v in doc.items() if k != "_id"}
+
+    # -- statistics -------------------------------------------------------------
+
+    def stats(self, stable_within: float = 0.1) -> dict[str, Any]:
+        """Counts of the stored results, for ``xtalloop db stats``.
+
+        Returns
+        -------
+        dict
+            ``validated`` (total), ``stable`` (at most ``stable_within`` eV/atom
+            above the hull), ``unconverged``, and counts ``by_chemsys``,
+            ``by_arity`` (number of elements), ``by_run`` and ``by_dft_code``
+            of validated structures; ``references`` (count) and
+            ``runs_by_status``.
+        """
+        from collections import Counter
+
+        fields = ["chemsys", "nelements", "found_in_runs", "e_above_hull", "dft.converged",
+                  "dft.code"]
+        docs = list(self.store(VALIDATED).query({}, properties=fields))
+        by_run: Counter = Counter()
+        for doc in docs:
+            by_run.update(doc.get("found_in_runs", []))
+        runs = list(self.store(RUNS).query({}, properties=["status"]))
+        return {
+            "validated": len(docs),
+            "stable": sum(1 for d in docs if d.get("e_above_hull") is not None
+                          and d["e_above_hull"] <= stable_within),
+            "stable_within": stable_within,
+            "unconverged": sum(1 for d in docs if not d.get("dft", {}).get("converged")),
+            "by_chemsys": dict(sorted(Counter(d["chemsys"] for d in docs).items())),
+            "by_arity": dict(sorted(Counter(int(d["nelements"]) for d in docs).items())),
+            "by_run": dict(sorted(by_run.items())),
+            "by_dft_code": dict(sorted(Counter(d.get("dft", {}).get("code", "?")
+                                               for d in docs).items())),
+            "references": self.store(REFERENCES).count(),
+            "runs_by_status": dict(sorted(Counter(r.get("status", "?") for r in runs).items())),
+        }
 
 
 _RESULT_FIELDS = (

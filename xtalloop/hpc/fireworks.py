@@ -1,0 +1,179 @@
+"""The FireWorks engine: a run as one FireWorks workflow on a LaunchPad.
+
+A cluster runs the workflow with FireWorks' own launchers (``rlaunch`` or
+``qlaunch`` with a queue adapter, see ``configs/fireworks/``); every job
+writes its outputs to the run's MongoDB job store and its validated
+structures to the results collections, so ``xtalloop query`` sees them as
+they finish.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import PyMongoError
+
+from xtalloop.config import RunConfig
+from xtalloop.errors import ConfigError, StoreError
+from xtalloop.store.backends import client_options, connection_error, read_password
+
+if TYPE_CHECKING:
+    from jobflow import Flow
+
+#: FireWorks states grouped the way ``xtalloop status`` reports them.
+STATE_GROUPS = {
+    "WAITING": "waiting", "READY": "waiting", "RESERVED": "waiting", "PAUSED": "waiting",
+    "RUNNING": "running",
+    "COMPLETED": "completed",
+    "FIZZLED": "failed",
+    "DEFUSED": "cancelled", "ARCHIVED": "cancelled",
+}
+
+
+def launchpad_for(config: RunConfig):
+    """The FireWorks ``LaunchPad`` a run configuration names, connected and checked.
+
+    ``submit.launchpad_file`` wins; otherwise the LaunchPad lives in the database
+    ``submit.launchpad_database`` of the store's MongoDB server.
+
+    Raises
+    ------
+    ConfigError
+        Neither a LaunchPad file nor a MongoDB store, or an unreadable file.
+    StoreError
+        The server does not answer or refuses the credentials (one line, no password).
+    """
+    from fireworks import LaunchPad
+
+    submit = config.submit
+    if submit.launchpad_file:
+        path = Path(submit.launchpad_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"submit.launchpad_file: {path} does not exist")
+        try:
+            launchpad = LaunchPad.from_file(str(path))
+        except Exception as exc:  # FireWorks raises whatever its YAML/Mongo layers raise
+            raise ConfigError(f"submit.launchpad_file: cannot read {path}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                              ) from None
+        where = f"the LaunchPad of {path}"
+    else:
+        store = config.store
+        if store.backend != "mongodb":
+            raise ConfigError(
+                "submit: FireWorks needs a MongoDB server that the cluster's nodes reach: "
+                "set store.backend: mongodb (and store.uri) or submit.launchpad_file")
+        options = client_options(store)
+        password = read_password(store.password_env, store.password_file)
+        if password is not None:
+            options["password"] = password
+        launchpad = LaunchPad(host=store.uri, uri_mode=True, name=submit.launchpad_database,
+                              mongoclient_kwargs=options, strm_lvl="ERROR")
+        where = None
+    try:
+        launchpad.db.command("ping")
+    except PyMongoError as exc:
+        if where is None:
+            raise connection_error(config.store.uri or "", submit.launchpad_database, exc) from None
+        raise StoreError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
+    return launchpad
+
+
+def submit_to_fireworks(
+    config: RunConfig, flow: Flow, run: dict[str, Any], launchpad=None
+) -> dict[str, Any]:
+    """Add ``flow`` to the LaunchPad as one workflow tagged with the run id.
+
+    ``launchpad`` defaults to :func:`launchpad_for` ``(config)``.
+
+    Returns
+    -------
+    dict
+        ``engine``, ``workflow_id`` (the first FireWork's id) and ``n_jobs``.
+    """
+    from jobflow.managers.fireworks import flow_to_workflow
+
+    from xtalloop.store import job_store
+
+    launchpad = launchpad or launchpad_for(config)
+    if config.submit.category:
+        flow.update_config({"manager_config": {"_category": config.submit.category}})
+    workflow = flow_to_workflow(flow, store=job_store(config.store),
+                                metadata={"xtalloop_run": run["id"], "xtalloop_name": run["name"]})
+    try:
+        if (launchpad.fw_id_assigner.count_documents({}) == 0
+                and launchpad.fireworks.count_documents({}) == 0):
+            # a new, empty LaunchPad database: initialise it (what `lpad reset` does)
+            launchpad.reset("", require_password=False)
+        ids = launchpad.add_wf(workflow)
+    except PyMongoError as exc:
+        raise connection_error(config.store.uri or "", config.submit.launchpad_database,
+                               exc) from None
+    return {"engine": "fireworks", "workflow_id": min(ids.values()), "n_jobs": len(ids)}
+
+
+def _workflow(launchpad, run_id: str) -> dict[str, Any]:
+    doc = launchpad.workflows.find_one({"metadata.xtalloop_run": run_id})
+    if doc is None:
+        raise StoreError(f"no FireWorks workflow of run {run_id!r} on the LaunchPad")
+    return doc
+
+
+def fireworks_status(config: RunConfig, run_id: str) -> dict[str, Any]:
+    """Job counts of a submitted run by state, and the failed jobs with their last error line.
+
+    Returns
+    -------
+    dict
+        ``counts`` (``waiting``, ``running``, ``completed``, ``failed``,
+        ``cancelled``), ``states`` (FireWorks' own counts) and ``failed``
+        (``{"id", "name", "error"}`` per failed job).
+    """
+    launchpad = launchpad_for(config)
+    doc = _workflow(launchpad, run_id)
+    states = Counter(doc["fw_states"].values())
+    counts = Counter({group: 0 for group in dict.fromkeys(STATE_GROUPS.values())})
+    for state, n in states.items():
+        counts[STATE_GROUPS.get(state, "waiting")] += n
+    failed = []
+    fizzled = [int(i) for i, state in doc["fw_states"].items() if state == "FIZZLED"]
+    for fw in launchpad.fireworks.find({"fw_id": {"$in": fizzled}}, {"fw_id": 1, "name": 1}):
+        failed.append({"id": fw["fw_id"], "name": fw["name"],
+                       "error": _last_error(launchpad, fw["fw_id"])})
+    return {"counts": dict(counts), "states": dict(states), "failed": failed}
+
+
+def _last_error(launchpad, fw_id: int) -> str:
+    launch = launchpad.launches.find_one({"fw_id": fw_id, "state": "FIZZLED"},
+                                         sort=[("time_end", -1)])
+    if launch is None:
+        return "unknown error (lost run?)"
+    data = (launch.get("action") or {}).get("stored_data") or {}
+    trace = (data.get("_exception") or {}).get("_stacktrace") or ""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def rerun_failed_fireworks(config: RunConfig, run_id: str) -> int:
+    """Requeue every failed (fizzled) job of a run, and lost runs; returns how many."""
+    launchpad = launchpad_for(config)
+    doc = _workflow(launchpad, run_id)
+    ids = [int(i) for i, state in doc["fw_states"].items() if state == "FIZZLED"]
+    for fw_id in ids:
+        launchpad.rerun_fw(fw_id)
+    return len(ids)
+
+
+def recover_lost_fireworks(config: RunConfig, run_id: str, expiration_secs: int = 4 * 3600) -> int:
+    """Requeue jobs left ``RUNNING`` by a dead worker (no ping for ``expiration_secs``)."""
+    launchpad = launchpad_for(config)
+    doc = _workflow(launchpad, run_id)
+    nodes = set(doc["nodes"])
+    _, lost_fw_ids, _ = launchpad.detect_lostruns(expiration_secs=expiration_secs,
+                                                  query={"fw_id": {"$in": sorted(nodes)}})
+    lost = [i for i in lost_fw_ids if i in nodes]
+    for fw_id in lost:
+        launchpad.rerun_fw(fw_id)
+    return len(lost)
