@@ -24,12 +24,21 @@ def test_quickstart_config_loads():
     assert config.generate.sources[0].kind == "random_symmetric"
 
 
+
+def test_cluster_config_loads_with_a_mongodb_store_and_fireworks():
+    config = load_config(CONFIGS / "cluster.yaml")
+    assert config.store.backend == "mongodb" and config.store.password_env
+    assert config.submit.engine == "fireworks"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("compositions: [NaCl]\nprefilter: {topk: 3}\n", "prefilter.topk: unknown key"),
         ("compositions: [NaCl]\nprefilter: {top_k: 0}\n", "prefilter.top_k: Input should be greater"),
         ("compositions: [NaCl]\ndft: {code: abinit}\n", "dft.code: Input should be 'gpaw'"),
+        ("compositions: [NaCl]\nsubmit: {engine: slurm}\n",
+         "submit.engine: Input should be 'fireworks' or 'jobflow-remote'"),
         ("compositions: [NaCl, Qq2]\n", "compositions[1]: unknown element 'Qq'"),
         ("compositions: [NaCl2]\n", "compositions[0]: NaCl2 has no charge-balanced reading"),
         ("compositions: [Na0Cl]\n", "compositions[0]: count of Na"),

@@ -103,7 +103,7 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
     else:
         from xtalloop.hpc.jobflow_remote import jobflow_remote_status
 
-        state = jobflow_remote_status(config, submission["flow_uuid"])
+        state = jobflow_remote_status(config, submission["flow_uuid"], submission.get("project"))
         counts, failed = state["counts"], state["failed"]
     with open_results(config.store) as db:
         validated = db.find_validated(run_id=record["id"])
@@ -129,7 +129,8 @@ def rerun_failed(config: RunConfig, run_id: str | None = None) -> int:
     else:
         from xtalloop.hpc.jobflow_remote import rerun_failed_jobflow_remote
 
-        n = rerun_failed_jobflow_remote(config, submission["flow_uuid"])
+        n = rerun_failed_jobflow_remote(config, submission["flow_uuid"],
+                                        submission.get("project"))
     if n:
         with open_results(config.store) as db:
             db.save_run({**record, "status": "submitted"})

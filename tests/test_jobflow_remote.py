@@ -1,0 +1,215 @@
+"""Runs submitted to jobflow-remote, queue and outputs on a real MongoDB-wire-protocol server.
+
+EMT stands in for the ML model and for DFT (the physics has its own tests);
+everything else is real: a jobflow-remote project whose queue store and job
+store are on the SecantusDB test server, a ``local`` worker with the ``shell``
+scheduler that runs every job as ``jf execution run`` in its own process, and
+jobflow-remote's own ``Runner`` (in this process, instead of the daemon that
+``jf runner start`` would launch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import EmtRelaxAsDftMaker
+from mongodb_server import PASSWORD, USER
+from xtalloop.config import load_config
+from xtalloop.errors import StoreError, XtalloopError
+from xtalloop.hpc.submit import rerun_failed, run_status, submit
+from xtalloop.store.results import open_results
+
+TESTS = Path(__file__).parent
+FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
+PROJECT = "xtalloop-test"
+
+
+@pytest.fixture(scope="module")
+def jobflow_remote():
+    """Skip without jobflow-remote on a workstation; fail in CI, where it is installed."""
+    if importlib.util.find_spec("jobflow_remote") is None:
+        if os.environ.get("CI"):
+            pytest.fail("jobflow-remote is not installed (pip install jobflow-remote)")
+        pytest.skip("jobflow-remote is not installed: `pip install jobflow-remote` to test "
+                    "`xtalloop submit` with engine jobflow-remote")
+    import jobflow_remote
+
+    return jobflow_remote
+
+
+def _mongo_store(port: int, database: str, collection: str) -> dict:
+    # jobflow-remote's project file takes the password itself (maggma's MongoStore has no
+    # password_env): it is written only into this test's temporary project file
+    return {"type": "MongoStore", "host": "127.0.0.1", "port": port, "database": database,
+            "collection_name": collection, "username": USER, "password": PASSWORD,
+            "auth_source": "admin"}
+
+
+@pytest.fixture
+def jfr_project(jobflow_remote, tmp_path, mongo_config, monkeypatch) -> str:
+    """A jobflow-remote project in a temporary projects folder, its queue database reset."""
+    port = int(mongo_config.uri.rsplit(":", 1)[1])
+    database = f"{mongo_config.database}_jfr"
+    folder = tmp_path / "jfremote"
+    folder.mkdir()
+    jf = Path(sys.executable).parent / "jf"  # the worker's python environment is this one
+    project = {
+        "name": PROJECT,
+        "base_dir": str(folder / PROJECT),
+        "queue": {"store": _mongo_store(port, database, "jobs")},
+        "jobstore": {
+            "docs_store": _mongo_store(port, database, "outputs"),
+            "additional_stores": {"data": _mongo_store(port, database, "outputs_blobs")},
+        },
+        "workers": {
+            "local": {
+                "type": "local",
+                "scheduler_type": "shell",
+                "work_dir": str(tmp_path / "work"),
+                # the test makers live in conftest.py; the password is inherited from
+                # this process's environment (only the variable name travels with the jobs)
+                "pre_run": f"export PYTHONPATH={TESTS}${{PYTHONPATH:+:$PYTHONPATH}}",
+                "execution_cmd": f"{jf} -fe execution run {{}}",
+                "timeout_execute": 120,
+            },
+        },
+        # the Runner polls twice a second instead of every 30 s
+        "runner": {"delay_checkout": 0.5, "delay_check_run_status": 0.5,
+                   "delay_advance_status": 0.5, "delta_retry": [1, 2, 5]},
+    }
+    (folder / f"{PROJECT}.yaml").write_text(yaml.safe_dump(project))
+    # jobflow-remote reads its settings once, at import: point them to the temporary folder
+    monkeypatch.setenv("JFREMOTE_PROJECTS_FOLDER", str(folder))
+    monkeypatch.setenv("JFREMOTE_CONFIG_FILE", str(folder / "none.yaml"))
+    monkeypatch.setattr(jobflow_remote.SETTINGS, "projects_folder", str(folder))
+    monkeypatch.setattr(jobflow_remote.SETTINGS, "project", None)
+    controller = jobflow_remote.JobController.from_project_name(PROJECT)
+    try:
+        controller.reset(max_limit=0)  # what `jf admin reset` does on a new database
+    finally:
+        controller.close()
+    return PROJECT
+
+
+def write_config(tmp_path: Path, mongo_config, project: str = PROJECT,
+                 compositions=("Cu", "CuAu")) -> Path:
+    data = {
+        "name": "emt-jfr",
+        "compositions": list(compositions),
+        "generate": {"seed": 3, "max_atoms": 4, "sources": [{"n": 4}]},
+        "prefilter": {"model": "emt", "top_k": 1, "steps": 100},
+        "store": mongo_config.model_dump(exclude_none=True),
+        "submit": {"engine": "jobflow-remote", "project": project, "worker": "local"},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_all_jobs(project: str, max_seconds: int = 300) -> None:
+    """Advance every job of the project to a final state, as the runner daemon would."""
+    from jobflow_remote.jobs.runner import Runner
+
+    runner = Runner(project_name=project)
+    try:
+        runner.run_all_jobs(max_seconds=max_seconds)
+    finally:
+        runner.job_controller.close()  # (Runner.cleanup also closes a job store never opened)
+
+
+@dataclass
+class FlakyEmtMaker(EmtRelaxAsDftMaker):
+    """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
+
+    def _calculator_for(self, structure):
+        flag = os.environ.get(FLAG_ENV)
+        if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
+            raise RuntimeError("SCF did not converge in 100 iterations")
+        return super()._calculator_for(structure)
+
+
+def test_submit_run_then_rerun_its_failed_job(tmp_path, mongo_config, jfr_project, monkeypatch):
+    path = write_config(tmp_path, mongo_config)
+    config = load_config(path)
+    flag = tmp_path / "fail"
+    flag.touch()
+    monkeypatch.setenv(FLAG_ENV, str(flag))  # the worker's jobs inherit it: CuAu's DFT fails
+    record = submit(config, run_id="jfr-run",
+                    relax_maker=FlakyEmtMaker(steps=100, relax_kwargs={"fmax": 0.02}))
+    submission = record["submission"]
+    assert submission["engine"] == "jobflow-remote" and submission["project"] == jfr_project
+    assert submission["worker"] == "local" and submission["n_jobs"] == 6
+    waiting = run_status(config, "jfr-run")
+    assert waiting["counts"]["waiting"] == 6 and waiting["counts"]["completed"] == 0
+    assert waiting["run"]["status"] == "submitted"
+
+    run_all_jobs(jfr_project)
+
+    state = run_status(config, "jfr-run")
+    assert state["counts"]["failed"] == 1, state
+    assert state["counts"]["waiting"] == state["counts"]["running"] == 0
+    assert state["run"]["status"] == "completed with failures"
+    [failure] = state["failed"]
+    assert failure["name"] == "CuAu pick 1 DFT relax"
+    assert failure["error"] == "RuntimeError: SCF did not converge in 100 iterations"
+    assert [d["formula"] for d in state["validated"]] == ["Cu"]  # the sibling went on
+
+    flag.unlink()
+    assert rerun_failed(config, "jfr-run") == 1
+    with open_results(config.store) as db:
+        assert db.get_run("jfr-run")["status"] == "submitted"
+    run_all_jobs(jfr_project)
+
+    state = run_status(config, "jfr-run")
+    assert state["counts"]["failed"] == 0, state["failed"]
+    assert state["counts"]["waiting"] == state["counts"]["running"] == 0
+    assert state["counts"]["cancelled"] == 0 and state["counts"]["completed"] >= 6
+    assert state["run"]["status"] == "completed"
+    with open_results(config.store) as db:
+        docs = db.find_validated()
+    assert sorted(d["formula"] for d in docs) == ["Cu", "CuAu"]
+    assert all(d["found_in_runs"] == ["jfr-run"] for d in docs)
+    assert all(d["e_above_hull"] is not None for d in docs)
+    assert rerun_failed(config, "jfr-run") == 0
+
+    # the command line, in a fresh process, finds the project through $JFREMOTE_PROJECTS_FOLDER
+    out = subprocess.run([sys.executable, "-m", "xtalloop.cli", "status", str(path), "--run",
+                          "jfr-run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "run jfr-run (jobflow-remote): completed" in out.stdout
+    assert "0 failed" in out.stdout and "validated structures: 2" in out.stdout
+
+
+def test_unknown_project_is_one_line(tmp_path, mongo_config, jfr_project, jobflow_remote,
+                                    emt_dft_maker):
+    config = load_config(write_config(tmp_path, mongo_config, project="no-such-project",
+                                      compositions=("Cu",)))
+    with pytest.raises(StoreError) as error:
+        submit(config, run_id="lost", relax_maker=emt_dft_maker)
+    message = str(error.value)
+    assert "no-such-project" in message and "\n" not in message
+    assert PASSWORD not in message
+    with open_results(config.store) as db:
+        assert db.get_run("lost") is None  # nothing recorded for a run never submitted
+
+    # a run submitted to a project that later disappears: status says so in one line
+    config = load_config(write_config(tmp_path, mongo_config, compositions=("Cu",)))
+    submit(config, run_id="moved", relax_maker=emt_dft_maker)
+    assert run_status(config, "moved")["counts"]["waiting"] == 3
+    project_file = Path(jobflow_remote.SETTINGS.projects_folder) / f"{jfr_project}.yaml"
+    project_file.rename(project_file.with_suffix(".bak"))
+    for action in (run_status, rerun_failed):
+        with pytest.raises(XtalloopError) as error:
+            action(config, "moved")
+        message = str(error.value)
+        assert f"project {jfr_project!r}" in message and "\n" not in message, message
+        assert PASSWORD not in message
