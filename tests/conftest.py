@@ -60,7 +60,7 @@ class EmtRelaxAsDftMaker(GpawRelaxMaker):
     name: str = "EMT relax"
     progress: bool = False
 
-    def _calculator_for(self, structure):
+    def _calculator_for(self, structure, remedy=None):
         from ase.calculators.emt import EMT
 
         return EMT()

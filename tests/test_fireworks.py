@@ -140,11 +140,11 @@ def test_submit_run_with_rlaunch_then_query(tmp_path, mongo_config, emt_dft_make
 class FlakyEmtMaker(EmtRelaxAsDftMaker):
     """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
 
-    def _calculator_for(self, structure):
+    def _calculator_for(self, structure, remedy=None):
         flag = os.environ.get(FLAG_ENV)
         if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
             raise RuntimeError("SCF did not converge in 100 iterations")
-        return super()._calculator_for(structure)
+        return super()._calculator_for(structure, remedy)
 
 
 def test_failed_job_is_reported_and_rerun(tmp_path, mongo_config, monkeypatch):

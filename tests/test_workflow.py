@@ -89,10 +89,10 @@ def test_failed_dft_job_does_not_stop_the_composition(tmp_path, emt_dft_maker):
     from conftest import EmtRelaxAsDftMaker
 
     class Exploding(EmtRelaxAsDftMaker):
-        def _calculator_for(self, structure):
+        def _calculator_for(self, structure, remedy=None):
             if structure.composition.reduced_formula == "CuAu":
                 raise RuntimeError("SCF did not converge")
-            return super()._calculator_for(structure)
+            return super()._calculator_for(structure, remedy)
 
     config = emt_config(tmp_path)
     result = execute(config, progress=False, relax_maker=Exploding(steps=50))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,23 @@ from pymatgen.core import Element, Molecule, Structure
 
 from xtalloop.references import is_molecular
 
+logger = logging.getLogger(__name__)
+
 HARD_ELEMENTS = {"B", "C", "N", "O", "F"}
 """First-row p elements: their localised 2p states need a high plane-wave cutoff."""
 
 MAGNETIC_ELEMENTS = {"Cr", "Mn", "Fe", "Co", "Ni", "Gd"}
 """Elements whose compounds are started spin-polarised."""
+
+
+#: What to try, in order, when GPAW's self-consistency loop does not converge: gentler
+#: density mixing and more iterations (custodian's remedy for VASP's ALGO/AMIX). None of
+#: them changes the converged energy, so results stay comparable (same settings key);
+#: smearing, which would change it, is left alone.
+SCF_REMEDIES: tuple[dict[str, Any], ...] = (
+    {"name": "mixing-0.05", "mixer": (0.05, 5, 50.0), "maxiter": 600},
+    {"name": "mixing-0.02", "mixer": (0.02, 8, 100.0), "maxiter": 1000},
+)
 
 
 def plane_wave_cutoff(elements: list[str]) -> float:
@@ -104,8 +117,9 @@ class GpawRelaxMaker(AseRelaxMaker):
         }
         return "gpaw-" + hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()[:10]
 
-    def _calculator_for(self, structure: Structure):
-        from gpaw import GPAW, PW
+    def _calculator_for(self, structure: Structure, remedy: dict[str, Any] | None = None):
+        """The GPAW calculator for ``structure``, with an SCF ``remedy`` of :data:`SCF_REMEDIES`."""
+        from gpaw import GPAW, PW, Mixer
 
         settings = self.settings_for(structure)
         kwargs: dict[str, Any] = {
@@ -118,6 +132,9 @@ class GpawRelaxMaker(AseRelaxMaker):
         if settings["spin_polarized"]:
             kwargs["spinpol"] = True
         kwargs.update(self.calculator_kwargs)
+        if remedy:
+            kwargs["mixer"] = Mixer(*remedy["mixer"])
+            kwargs["maxiter"] = remedy["maxiter"]
         return GPAW(**kwargs)
 
     def _get_calculator(self):
@@ -129,10 +146,32 @@ class GpawRelaxMaker(AseRelaxMaker):
     def run_ase(
         self, mol_or_struct: Structure | Molecule, prev_dir: str | Path | None = None
     ) -> AseResult:
-        """Build the calculator for this structure, then relax it with BFGS."""
+        """Relax with BFGS; when the SCF does not converge, retry with :data:`SCF_REMEDIES`.
+
+        Each remedy applied is recorded in the task document's ``tags``
+        (``scf-remedy:<name>``); when the last one fails too, the SCF error is raised.
+        """
+        from gpaw import ConvergenceError
+
+        # the maker may be shared by several jobs: start each relaxation without remedy tags
+        self.tags = [t for t in (self.tags or []) if not t.startswith("scf-remedy:")] or None
+        for remedy in (None, *SCF_REMEDIES):
+            try:
+                return self._relax(mol_or_struct, remedy)
+            except ConvergenceError:
+                if remedy is SCF_REMEDIES[-1]:
+                    raise
+                logger.warning("%s: SCF did not converge%s; retrying with gentler mixing",
+                               mol_or_struct.composition.reduced_formula,
+                               f" with {remedy['name']}" if remedy else "")
+        raise AssertionError("unreachable")
+
+    def _relax(self, mol_or_struct: Structure | Molecule, remedy: dict[str, Any] | None) -> AseResult:
         from tqdm.auto import tqdm
 
-        self._calculator = self._calculator_for(mol_or_struct)
+        self._calculator = self._calculator_for(mol_or_struct, remedy)
+        if remedy:
+            self.tags = [*(self.tags or []), f"scf-remedy:{remedy['name']}"]
         if is_molecular(mol_or_struct):
             self.relax_cell = False
             self.fix_symmetry = False

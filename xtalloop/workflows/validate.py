@@ -119,6 +119,8 @@ def _result_fields(task: Any) -> dict[str, Any] | None:
         "forces": _plain(task.output.forces),
         "stress_kbar": _plain(task.output.stress),
         "converged": bool(task.is_force_converged),
+        "scf_remedies": [t.split(":", 1)[1] for t in (task.tags or [])
+                         if t.startswith("scf-remedy:")],
         "n_ionic_steps": task.output.n_steps,
         "elapsed_time": task.output.elapsed_time,
         "dir_name": task.dir_name,
@@ -226,6 +228,7 @@ def record_validation(
                     "settings": settings,
                     "settings_key": key,
                     "converged": result["converged"],
+                    "scf_remedies": result["scf_remedies"],
                     "n_ionic_steps": result["n_ionic_steps"],
                     "elapsed_time": result["elapsed_time"],
                     "job_uuid": job_uuid,

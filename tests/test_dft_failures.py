@@ -1,0 +1,81 @@
+"""DFT failures: SCF non-convergence is retried with gentler mixing; what still fails is reported.
+
+EMT stands in for GPAW's energies; the failures are GPAW's own exception
+(``gpaw.KohnShamConvergenceError``), raised the way GPAW raises it: from the
+calculator, in the middle of a relaxation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+from jobflow import run_locally
+
+from conftest import EmtRelaxAsDftMaker, rocksalt
+from xtalloop.config import RunConfig
+from xtalloop.dft.gpaw import SCF_REMEDIES
+from xtalloop.runner import execute
+from xtalloop.store import job_store
+from xtalloop.store.results import open_results
+
+pytestmark = pytest.mark.usefixtures("require_gpaw")
+
+
+class NonConvergingScf(Calculator):
+    """A calculator whose SCF never converges, as GPAW reports it."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from gpaw import KohnShamConvergenceError
+
+        raise KohnShamConvergenceError("Did not converge!  See text output for help.")
+
+
+@dataclass
+class HardScfMaker(EmtRelaxAsDftMaker):
+    """SCF converges only with the remedy named ``converges_with`` (never, if None)."""
+
+    converges_with: str | None = "mixing-0.02"
+
+    def _calculator_for(self, structure, remedy=None):
+        if self.converges_with is None or remedy is None or remedy["name"] != self.converges_with:
+            return NonConvergingScf()
+        return super()._calculator_for(structure, remedy)
+
+
+def test_scf_failure_is_retried_with_gentler_mixing_and_recorded(tmp_path, store_config):
+    maker = HardScfMaker(steps=50, relax_kwargs={"fmax": 0.05})
+    job = maker.make(rocksalt("Cu", "Au", 4.2))
+    store = job_store(store_config)
+    responses = run_locally(job, store=store, root_dir=tmp_path, log=False, ensure_success=True)
+    task = responses[job.uuid][1].output
+    assert task.output.energy is not None
+    assert task.tags == [f"scf-remedy:{r['name']}" for r in SCF_REMEDIES]
+
+
+def test_scf_that_never_converges_fails_the_pick_not_the_round(tmp_path):
+    @dataclass
+    class NeverForCuAu(HardScfMaker):
+        def _calculator_for(self, structure, remedy=None):
+            if structure.composition.reduced_formula == "CuAu":
+                return NonConvergingScf()
+            return EmtRelaxAsDftMaker._calculator_for(self, structure, remedy)
+
+    config = RunConfig.model_validate({
+        "name": "scf-fail", "compositions": ["CuAu", "Cu"],
+        "generate": {"seed": 7, "max_atoms": 4, "sources": [{"n": 4}]},
+        "prefilter": {"model": "emt", "top_k": 1, "steps": 100},
+        "store": {"path": str(tmp_path / "store")}, "output_dir": str(tmp_path / "runs"),
+    })
+    result = execute(config, progress=False, relax_maker=NeverForCuAu(steps=50))
+    by_formula = {c["formula"]: c for c in result.compositions}
+    assert by_formula["CuAu"]["validated"] == [] and by_formula["CuAu"]["failed"]
+    assert by_formula["Cu"]["validated"]
+    assert any("Did not converge" in m for m in result.failed_jobs), result.failed_jobs
+    with open_results(config.store) as db:
+        docs = db.find_validated()
+    assert {d["formula"] for d in docs} == {"Cu"}
+    assert docs[0]["dft"]["scf_remedies"] == []
