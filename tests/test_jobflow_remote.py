@@ -21,13 +21,15 @@ import pytest
 import yaml
 
 from conftest import EmtRelaxAsDftMaker
-from mongodb_server import PASSWORD, USER
-from xtalloop.config import load_config
-from xtalloop.errors import StoreError, XtalloopError
+from mongodb_server import PASSWORD
+from xtalloop.config import StoreConfig, load_config
+from xtalloop.errors import ConfigError, StoreError, XtalloopError
+from xtalloop.hpc.jobflow_remote import project_stores
 from xtalloop.hpc.submit import rerun_failed, run_status, submit
 from xtalloop.store.results import open_results
 
 TESTS = Path(__file__).parent
+EXAMPLE = TESTS.parent / "configs" / "jobflow-remote" / "xtalloop.yaml"
 FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
 PROJECT = "xtalloop-test"
 
@@ -45,30 +47,20 @@ def jobflow_remote():
     return jobflow_remote
 
 
-def _mongo_store(port: int, database: str, collection: str) -> dict:
-    # jobflow-remote's project file takes the password itself (maggma's MongoStore has no
-    # password_env): it is written only into this test's temporary project file
-    return {"type": "MongoStore", "host": "127.0.0.1", "port": port, "database": database,
-            "collection_name": collection, "username": USER, "password": PASSWORD,
-            "auth_source": "admin"}
-
-
 @pytest.fixture
 def jfr_project(jobflow_remote, tmp_path, mongo_config, monkeypatch) -> str:
-    """A jobflow-remote project in a temporary projects folder, its queue database reset."""
-    port = int(mongo_config.uri.rsplit(":", 1)[1])
-    database = f"{mongo_config.database}_jfr"
+    """A jobflow-remote project in a temporary projects folder, its queue database reset.
+
+    Queue and job outputs are on the test server, in the run's database; the
+    project file names the password's environment variable, never the password.
+    """
     folder = tmp_path / "jfremote"
     folder.mkdir()
     jf = Path(sys.executable).parent / "jf"  # the worker's python environment is this one
     project = {
         "name": PROJECT,
         "base_dir": str(folder / PROJECT),
-        "queue": {"store": _mongo_store(port, database, "jobs")},
-        "jobstore": {
-            "docs_store": _mongo_store(port, database, "outputs"),
-            "additional_stores": {"data": _mongo_store(port, database, "outputs_blobs")},
-        },
+        **project_stores(mongo_config),
         "workers": {
             "local": {
                 "type": "local",
@@ -81,12 +73,15 @@ def jfr_project(jobflow_remote, tmp_path, mongo_config, monkeypatch) -> str:
                 "timeout_execute": 120,
             },
         },
-        # the Runner polls twice a second instead of every 30 s
-        "runner": {"delay_checkout": 0.5, "delay_check_run_status": 0.5,
-                   "delay_advance_status": 0.5, "delta_retry": [1, 2, 5]},
+        # the Runner polls every second instead of every 30 s
+        "runner": {"delay_checkout": 1, "delay_check_run_status": 1,
+                   "delay_advance_status": 1, "delta_retry": [1, 2, 5]},
     }
-    (folder / f"{PROJECT}.yaml").write_text(yaml.safe_dump(project))
-    # jobflow-remote reads its settings once, at import: point them to the temporary folder
+    project_file = folder / f"{PROJECT}.yaml"
+    project_file.write_text(yaml.safe_dump(project))
+    assert PASSWORD not in project_file.read_text()
+    # jobflow-remote reads its settings once, at import: point them to the temporary
+    # folder here, and through the environment in the processes this test starts
     monkeypatch.setenv("JFREMOTE_PROJECTS_FOLDER", str(folder))
     monkeypatch.setenv("JFREMOTE_CONFIG_FILE", str(folder / "none.yaml"))
     monkeypatch.setattr(jobflow_remote.SETTINGS, "projects_folder", str(folder))
@@ -130,11 +125,11 @@ def run_all_jobs(project: str, max_seconds: int = 300) -> None:
 class FlakyEmtMaker(EmtRelaxAsDftMaker):
     """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
 
-    def _calculator_for(self, structure):
+    def _calculator_for(self, structure, remedy=None):
         flag = os.environ.get(FLAG_ENV)
         if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
             raise RuntimeError("SCF did not converge in 100 iterations")
-        return super()._calculator_for(structure)
+        return super()._calculator_for(structure, remedy)
 
 
 def test_submit_run_then_rerun_its_failed_job(tmp_path, mongo_config, jfr_project, monkeypatch):
@@ -180,6 +175,8 @@ def test_submit_run_then_rerun_its_failed_job(tmp_path, mongo_config, jfr_projec
     assert all(d["found_in_runs"] == ["jfr-run"] for d in docs)
     assert all(d["e_above_hull"] is not None for d in docs)
     assert rerun_failed(config, "jfr-run") == 0
+    for file in (tmp_path / "work").rglob("*"):  # what the jobs got: no password
+        assert not file.is_file() or PASSWORD not in file.read_text(errors="replace"), file
 
     # the command line, in a fresh process, finds the project through $JFREMOTE_PROJECTS_FOLDER
     out = subprocess.run([sys.executable, "-m", "xtalloop.cli", "status", str(path), "--run",
@@ -213,3 +210,25 @@ def test_unknown_project_is_one_line(tmp_path, mongo_config, jfr_project, jobflo
         message = str(error.value)
         assert f"project {jfr_project!r}" in message and "\n" not in message, message
         assert PASSWORD not in message
+
+
+def test_example_project_file_is_a_valid_project(jobflow_remote, tmp_path, monkeypatch):
+    from jobflow_remote.config.base import Project
+
+    monkeypatch.setattr(jobflow_remote.SETTINGS, "projects_folder", str(tmp_path))
+    project = Project.model_validate(yaml.safe_load(EXAMPLE.read_text()))
+    assert project.name == "xtalloop"
+    [worker] = project.workers.values()
+    assert worker.type == "remote" and worker.get_scheduler_io().__class__.__name__ == "SlurmIO"
+    assert "--time=04:00:00" in worker.get_scheduler_io().generate_header(worker.resources)
+    # its stores are xtalloop's, with the password from a file: not in the project file
+    assert type(project.get_queue_store()).__name__ == "XtalloopMongoStore"
+    jobstore = project.get_jobstore()
+    assert type(jobstore.docs_store).__name__ == "XtalloopMongoStore"
+    assert set(jobstore.additional_stores) == {"data"}
+    assert "password:" not in EXAMPLE.read_text()
+
+
+def test_project_stores_need_a_mongodb_store(tmp_path):
+    with pytest.raises(ConfigError, match="store.backend: mongodb"):
+        project_stores(StoreConfig(path=str(tmp_path / "s")))

@@ -1,7 +1,8 @@
 """The jobflow-remote engine: a run's flow submitted to a jobflow-remote project.
 
 jobflow-remote keeps its queue and job outputs in the project's own stores
-(``~/.jfremote/<project>.yaml``, example in ``configs/jobflow-remote/``);
+(``~/.jfremote/<project>.yaml``, example in ``configs/jobflow-remote/``;
+:func:`project_stores` puts them on the run's MongoDB database, password-free);
 xtalloop's validated structures still go to the run's ``store``. A project's
 runner (``jf runner start``) submits the jobs to the worker's scheduler.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from jobflow import Flow
 
-from xtalloop.config import RunConfig
+from xtalloop.config import RunConfig, StoreConfig
 from xtalloop.errors import ConfigError, StoreError, XtalloopError
 
 #: jobflow-remote job states (``JobState`` of jobflow-remote 1.0) grouped the way
@@ -31,6 +32,43 @@ STATE_GROUPS = {
     "FAILED": "failed", "REMOTE_ERROR": "failed",
     "STOPPED": "cancelled", "USER_STOPPED": "cancelled",
 }
+
+
+#: Collections of the jobflow-remote queue when it shares the run's database.
+QUEUE_COLLECTIONS = {"collection_name": "jfr_jobs", "flows_collection": "jfr_flows",
+                     "auxiliary_collection": "jfr_auxiliary", "batches_collection": "jfr_batches"}
+
+
+def project_stores(store: StoreConfig) -> dict[str, Any]:
+    """The ``queue`` and ``jobstore`` sections of a jobflow-remote project for a run's store.
+
+    Both use xtalloop's own MongoDB stores, which read the password from
+    ``store.password_env`` or ``store.password_file`` when they connect: the
+    project file holds no password (the runner needs the variable or file).
+    The job outputs go where the other engines put them (``jobs`` and the
+    ``job_data`` GridFS of the store's database), the queue to the ``jfr_*``
+    collections of the same database, so one database user suffices.
+
+    Parameters
+    ----------
+    store
+        The run's store; it must be ``backend: mongodb``.
+
+    Returns
+    -------
+    dict
+        ``{"queue": ..., "jobstore": ...}``, plain data to write into
+        ``~/.jfremote/<project>.yaml`` (example in ``configs/jobflow-remote/``).
+    """
+    if store.backend != "mongodb":
+        raise ConfigError("store.backend: mongodb is needed for jobflow-remote (its runner "
+                          "and the cluster's jobs share the database)")
+    from xtalloop.store.backends import collection_store, job_store
+
+    queue = collection_store(store, QUEUE_COLLECTIONS["collection_name"]).as_dict()
+    return {"queue": {"store": queue, **{k: v for k, v in QUEUE_COLLECTIONS.items()
+                                         if k != "collection_name"}},
+            "jobstore": job_store(store).as_dict()}
 
 
 def _jobflow_remote():
