@@ -6,6 +6,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -75,6 +76,19 @@ class EmtRelaxAsDftMaker(GpawRelaxMaker):
         from ase.calculators.emt import EMT
 
         return EMT()
+
+
+FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
+
+@dataclass
+class FlakyEmtMaker(EmtRelaxAsDftMaker):
+    """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
+
+    def _calculator_for(self, structure, remedy=None):
+        flag = os.environ.get(FLAG_ENV)
+        if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
+            raise RuntimeError("SCF did not converge in 100 iterations")
+        return super()._calculator_for(structure, remedy)
 
 
 @pytest.fixture

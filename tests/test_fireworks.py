@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from conftest import EmtRelaxAsDftMaker
+from conftest import FLAG_ENV, FlakyEmtMaker
 from mongodb_server import PASSWORD, PASSWORD_ENV, USER, free_port
 from xtalloop.config import RunConfig, load_config
 from xtalloop.hpc.fireworks import launchpad_for, recover_lost_fireworks
@@ -30,7 +29,6 @@ from xtalloop.store import job_store
 from xtalloop.store.results import open_results
 
 TESTS = Path(__file__).parent
-FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
 
 
 def write_config(tmp_path: Path, mongo_config, compositions=("Cu", "CuAu")) -> Path:
@@ -134,17 +132,6 @@ def test_submit_run_with_rlaunch_then_query(tmp_path, mongo_config, emt_dft_make
     assert "run fw-run (fireworks): completed" in status.stdout
     assert "0 failed" in status.stdout and "validated structures: 2" in status.stdout
     assert_nothing_duplicated(config)
-
-
-@dataclass
-class FlakyEmtMaker(EmtRelaxAsDftMaker):
-    """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
-
-    def _calculator_for(self, structure, remedy=None):
-        flag = os.environ.get(FLAG_ENV)
-        if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
-            raise RuntimeError("SCF did not converge in 100 iterations")
-        return super()._calculator_for(structure, remedy)
 
 
 def test_failed_job_is_reported_and_rerun(tmp_path, mongo_config, monkeypatch):

@@ -14,13 +14,12 @@ import importlib.util
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import EmtRelaxAsDftMaker
+from conftest import FLAG_ENV, FlakyEmtMaker
 from mongodb_server import PASSWORD
 from xtalloop.config import StoreConfig, load_config
 from xtalloop.errors import ConfigError, StoreError, XtalloopError
@@ -30,7 +29,6 @@ from xtalloop.store.results import open_results
 
 TESTS = Path(__file__).parent
 EXAMPLE = TESTS.parent / "configs" / "jobflow-remote" / "xtalloop.yaml"
-FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
 PROJECT = "xtalloop-test"
 
 
@@ -119,17 +117,6 @@ def run_all_jobs(project: str, max_seconds: int = 300) -> None:
         runner.run_all_jobs(max_seconds=max_seconds)
     finally:
         runner.job_controller.close()  # (Runner.cleanup also closes a job store never opened)
-
-
-@dataclass
-class FlakyEmtMaker(EmtRelaxAsDftMaker):
-    """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
-
-    def _calculator_for(self, structure, remedy=None):
-        flag = os.environ.get(FLAG_ENV)
-        if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
-            raise RuntimeError("SCF did not converge in 100 iterations")
-        return super()._calculator_for(structure, remedy)
 
 
 def test_submit_run_then_rerun_its_failed_job(tmp_path, mongo_config, jfr_project, monkeypatch):

@@ -163,9 +163,13 @@ class _quiet:
             log.setLevel(logging.ERROR)
         self._failures = _FailureLog()
         self._jobflow = logging.getLogger("jobflow.managers.local")
-        self._jobflow_state = (self._jobflow.level, self._jobflow.propagate)
+        self._jobflow_state = (self._jobflow.level, self._jobflow.propagate,
+                               self._jobflow.disabled)
         self._jobflow.setLevel(logging.INFO)
         self._jobflow.propagate = False
+        # a logging.config.dictConfig elsewhere in the process (jobflow-remote has one)
+        # may have disabled the logger: the failures must be collected regardless
+        self._jobflow.disabled = False
         self._jobflow.addHandler(self._failures)
         return self._failures
 
@@ -175,4 +179,5 @@ class _quiet:
         self._jobflow.removeHandler(self._failures)
         self._jobflow.setLevel(self._jobflow_state[0])
         self._jobflow.propagate = self._jobflow_state[1]
+        self._jobflow.disabled = self._jobflow_state[2]
         self._warnings.__exit__(*exc)
