@@ -8,6 +8,7 @@ calculator, in the middle of a relaxation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
@@ -79,3 +80,43 @@ def test_scf_that_never_converges_fails_the_pick_not_the_round(tmp_path):
         docs = db.find_validated()
     assert {d["formula"] for d in docs} == {"Cu"}
     assert docs[0]["dft"]["scf_remedies"] == []
+
+
+@dataclass
+class FailsOnceForCuAu(EmtRelaxAsDftMaker):
+    """The first CuAu relaxation dies (as a job killed at its walltime would); the rest run."""
+
+    marker: str = ""
+
+    def _calculator_for(self, structure, remedy=None):
+        if structure.composition.reduced_formula == "CuAu" and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            raise RuntimeError("job killed: walltime limit reached")
+        return super()._calculator_for(structure, remedy)
+
+
+@pytest.mark.parametrize("replace_failed", [True, False])
+def test_failed_pick_is_replaced_by_the_next_ranked_candidate(tmp_path, replace_failed):
+    config = RunConfig.model_validate({
+        "name": "replace", "compositions": ["CuAu", "Cu"],
+        "generate": {"seed": 7, "max_atoms": 4, "sources": [{"n": 6}]},
+        "prefilter": {"model": "emt", "top_k": 1, "steps": 100},
+        "dft": {"replace_failed": replace_failed},
+        "store": {"path": str(tmp_path / "store")}, "output_dir": str(tmp_path / "runs"),
+    })
+    maker = FailsOnceForCuAu(steps=50, marker=str(tmp_path / "failed-once"))
+    result = execute(config, progress=False, relax_maker=maker)
+    cuau = {c["formula"]: c for c in result.compositions}["CuAu"]
+    [failure] = cuau["failed"]
+    assert failure["rank"] == 0
+    if not replace_failed:
+        assert cuau["validated"] == [] and "replaced_by" not in failure
+        return
+    assert failure["replaced_by"] == 2
+    [validated] = cuau["validated"]
+    assert validated["e_above_hull"] is not None
+    assert cuau["funnel"]["dft_replacements"] == 1 and cuau["funnel"]["dft_validated"] == 1
+    with open_results(config.store) as db:
+        [doc] = db.find_validated(formula="CuAu")
+    assert doc["prefilter"]["rank"] == 1  # the second-ranked candidate
+    assert any("walltime" in m for m in result.failed_jobs)

@@ -99,7 +99,10 @@ def run(
     _table(rows, f"Validated structures — run {result.run_id}")
     for comp in result.compositions:
         for failure in comp.get("failed", []):
-            typer.echo(f"failed: {comp['formula']} pick {failure['rank'] + 1}: {failure['reason']}")
+            replaced = (f" (replaced by pick {failure['replaced_by']})"
+                        if failure.get("replaced_by") else "")
+            typer.echo(f"failed: {comp['formula']} pick {failure['rank'] + 1}: "
+                       f"{failure['reason']}{replaced}")
         if comp.get("error"):
             typer.echo(f"failed: {comp['formula']}: {comp['error']}")
     for message in result.failed_jobs:

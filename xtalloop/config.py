@@ -119,6 +119,8 @@ class DFTConfig(_Section):
     smearing_width: float = Field(0.05, ge=0)
     fmax: float = Field(0.03, gt=0)
     steps: int = Field(60, ge=1)
+    replace_failed: bool = Field(
+        False, description="validate the next-ranked candidate in place of a failed pick")
 
 
 class StoreConfig(_Section):

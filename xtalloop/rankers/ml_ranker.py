@@ -55,6 +55,9 @@ class Ranking(MSONable):
     funnel: dict[str, int]
     energy_model: dict[str, str]
     relaxed_e_above_hull: list[float] = field(default_factory=list)
+    reserves: list[RankedCandidate] = field(default_factory=list)
+    """The next-ranked distinct candidates after the picks (up to ``top_k`` of them):
+    what DFT validates instead of a pick whose calculation failed."""
 
 
 def symmetrized_primitive(structure: Structure, symprec: float) -> tuple[Structure, str, int]:
@@ -158,11 +161,12 @@ class MLRanker:
                     rank=len(picks),
                 )
             )
-            if len(picks) == self.top_k:
+            if len(picks) == 2 * self.top_k:  # the picks, then as many reserves
                 break
+        picks, reserves = picks[:self.top_k], picks[self.top_k:]
         funnel["picked"] = len(picks)
         return Ranking(formula, picks, references, funnel, model.identity,
-                       [float(e) for e in e_hull])
+                       [float(e) for e in e_hull], reserves)
 
     def reference_phases(self, elements: list[str]) -> list[ReferencePhase]:
         """Lowest-energy elemental phases under this model (cached per ranker)."""

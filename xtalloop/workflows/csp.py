@@ -86,6 +86,7 @@ def csp_flow_maker(
             store=config.store.model_copy(
                 update={"path": str(config.store.resolved_path)}).redacted_dump(),
             run=run,
+            replace_failed=dft.replace_failed,
         ),
     )
 

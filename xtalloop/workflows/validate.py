@@ -40,24 +40,23 @@ class ValidateMaker(Maker):
         The results store (a dumped :class:`~xtalloop.config.StoreConfig`).
     run
         ``{"id": ..., "name": ...}`` of the run, recorded with every result.
+    replace_failed
+        When a pick's DFT fails, validate the next-ranked candidate (the
+        ranking's reserves) in its place.
     """
 
     name: str = "validate"
     relax_maker: GpawRelaxMaker = field(default_factory=GpawRelaxMaker)
     store: dict[str, Any] = field(default_factory=lambda: StoreConfig().model_dump())
     run: dict[str, Any] = field(default_factory=dict)
+    replace_failed: bool = False
 
     @job
     def make(self, ranking: Ranking) -> Response:
         """Replace this job by the DFT flow for ``ranking``."""
         formula = ranking.formula
         key = self.relax_maker.settings_key()
-        pick_jobs = []
-        for pick in ranking.picks:
-            relax = self.relax_maker.make(pick.structure)
-            relax.name = f"{formula} pick {pick.rank + 1} DFT relax"
-            relax.update_metadata({"formula": formula, "role": "pick", "rank": pick.rank})
-            pick_jobs.append(relax)
+        pick_jobs = pick_relax_jobs(self.relax_maker, formula, ranking.picks)
 
         reference_jobs = {}
         if len(Composition(formula).elements) > 1:
@@ -87,12 +86,26 @@ class ValidateMaker(Maker):
             funnel=ranking.funnel,
             energy_model=ranking.energy_model,
             ml_e_above_hull=ranking.relaxed_e_above_hull,
+            reserves=ranking.reserves if self.replace_failed else [],
+            relax_maker=self.relax_maker if self.replace_failed else None,
         )
         record.name = f"{formula} record"
         record.config.on_missing_references = OnMissing.NONE
         flow = Flow([*pick_jobs, *reference_jobs.values(), record], output=record.output,
                     name=f"{formula} DFT validation")
         return Response(replace=flow)
+
+
+def pick_relax_jobs(relax_maker: GpawRelaxMaker, formula: str,
+                    picks: list[RankedCandidate]) -> list:
+    """One DFT relaxation job per pick, named and tagged with its rank."""
+    jobs = []
+    for pick in picks:
+        relax = relax_maker.make(pick.structure)
+        relax.name = f"{formula} pick {pick.rank + 1} DFT relax"
+        relax.update_metadata({"formula": formula, "role": "pick", "rank": pick.rank})
+        jobs.append(relax)
+    return jobs
 
 
 def _result_fields(task: Any) -> dict[str, Any] | None:
@@ -162,8 +175,16 @@ def record_validation(
     funnel: dict[str, int],
     energy_model: dict[str, str],
     ml_e_above_hull: list[float] | None = None,
-) -> dict[str, Any]:
+    reserves: list[RankedCandidate] | None = None,
+    relax_maker: GpawRelaxMaker | None = None,
+    earlier: dict[str, Any] | None = None,
+) -> dict[str, Any] | Response:
     """Store the DFT results of one composition and compute their energies above hull.
+
+    With ``relax_maker`` and ``reserves``, each pick whose DFT failed is
+    replaced by the next reserve: the job then replaces itself by the
+    reserves' DFT relaxations and another record job, which adds its results
+    to this one's (``earlier``).
 
     Returns
     -------
@@ -272,9 +293,12 @@ def record_validation(
             el: ref["energy_per_atom"]
             for el in elements if (ref := db.get_reference(el, key)) is not None
         }
+    if earlier:  # this record validates replacements: carry the earlier results along
+        summaries = [*earlier["validated"], *summaries]
+        failed = [*earlier["failed"], *failed]
     for summary in summaries:
-        summary["e_above_hull"] = hull.get(summary["uuid"])
-    return {
+        summary["e_above_hull"] = hull.get(summary["uuid"], summary.get("e_above_hull"))
+    result = {
         "formula": formula,
         "validated": summaries,
         "failed": failed,
@@ -283,6 +307,27 @@ def record_validation(
         "ml_e_above_hull": list(ml_e_above_hull or []),
         "settings_key": key,
     }
+    new_failures = [f for f in failed if "replaced_by" not in f]
+    if relax_maker is None or not reserves or not new_failures:
+        return result
+    replacements = reserves[:len(new_failures)]
+    for failure, replacement in zip(new_failures, replacements, strict=False):
+        failure["replaced_by"] = replacement.rank + 1
+    jobs = pick_relax_jobs(relax_maker, formula, replacements)
+    record = record_validation(
+        formula, picks=replacements, pick_outputs=[j.output for j in jobs],
+        pick_job_uuids=[j.uuid for j in jobs], reference_outputs={}, settings_key=key,
+        pick_settings=[relax_maker.settings_for(r.structure) for r in replacements],
+        reference_settings={}, store=store, run=run,
+        funnel={**funnel, "dft_replacements": funnel.get("dft_replacements", 0)
+                + len(replacements)},
+        energy_model=energy_model, ml_e_above_hull=ml_e_above_hull,
+        reserves=reserves[len(replacements):], relax_maker=relax_maker, earlier=result,
+    )
+    record.name = f"{formula} record (replacements)"
+    record.config.on_missing_references = OnMissing.NONE
+    return Response(replace=Flow([*jobs, record], output=record.output,
+                                 name=f"{formula} DFT validation of replacements"))
 
 
 def _update_hull(db: Any, elements: list[str], key: str) -> dict[str, float]:
