@@ -170,10 +170,6 @@ def recover_lost_fireworks(config: RunConfig, run_id: str, expiration_secs: int 
     """Requeue jobs left ``RUNNING`` by a dead worker (no ping for ``expiration_secs``)."""
     launchpad = launchpad_for(config)
     doc = _workflow(launchpad, run_id)
-    nodes = set(doc["nodes"])
-    _, lost_fw_ids, _ = launchpad.detect_lostruns(expiration_secs=expiration_secs,
-                                                  query={"fw_id": {"$in": sorted(nodes)}})
-    lost = [i for i in lost_fw_ids if i in nodes]
-    for fw_id in lost:
-        launchpad.rerun_fw(fw_id)
+    _, lost, _ = launchpad.detect_lostruns(expiration_secs=expiration_secs, rerun=True,
+                                           query={"fw_id": {"$in": doc["nodes"]}})
     return len(lost)
