@@ -57,14 +57,17 @@ def test_scf_failure_is_retried_with_gentler_mixing_and_recorded(tmp_path, store
     assert task.tags == [f"scf-remedy:{r['name']}" for r in SCF_REMEDIES]
 
 
-def test_scf_that_never_converges_fails_the_pick_not_the_round(tmp_path):
-    @dataclass
-    class NeverForCuAu(HardScfMaker):
-        def _calculator_for(self, structure, remedy=None):
-            if structure.composition.reduced_formula == "CuAu":
-                return NonConvergingScf()
-            return EmtRelaxAsDftMaker._calculator_for(self, structure, remedy)
+@dataclass
+class NeverForCuAu(HardScfMaker):
+    """SCF of CuAu never converges; everything else is EMT."""
 
+    def _calculator_for(self, structure, remedy=None):
+        if structure.composition.reduced_formula == "CuAu":
+            return NonConvergingScf()
+        return EmtRelaxAsDftMaker._calculator_for(self, structure, remedy)
+
+
+def test_scf_that_never_converges_fails_the_pick_not_the_round(tmp_path):
     config = RunConfig.model_validate({
         "name": "scf-fail", "compositions": ["CuAu", "Cu"],
         "generate": {"seed": 7, "max_atoms": 4, "sources": [{"n": 4}]},

@@ -8,6 +8,7 @@ import pytest
 from jobflow import Flow, Job
 from pymatgen.core import Structure
 
+from conftest import EmtRelaxAsDftMaker
 from xtalloop.config import RunConfig
 from xtalloop.runner import execute
 from xtalloop.store.results import ResultsDB
@@ -85,15 +86,16 @@ def test_rerun_does_not_duplicate_validated_structures(tmp_path, emt_dft_maker):
         assert doc["found_in_runs"] == ["first", "second"]
 
 
+class Exploding(EmtRelaxAsDftMaker):
+    """EMT "DFT" whose CuAu calculation raises (importable: jobs carry their maker)."""
+
+    def _calculator_for(self, structure, remedy=None):
+        if structure.composition.reduced_formula == "CuAu":
+            raise RuntimeError("SCF did not converge")
+        return super()._calculator_for(structure, remedy)
+
+
 def test_failed_dft_job_does_not_stop_the_composition(tmp_path, emt_dft_maker):
-    from conftest import EmtRelaxAsDftMaker
-
-    class Exploding(EmtRelaxAsDftMaker):
-        def _calculator_for(self, structure, remedy=None):
-            if structure.composition.reduced_formula == "CuAu":
-                raise RuntimeError("SCF did not converge")
-            return super()._calculator_for(structure, remedy)
-
     config = emt_config(tmp_path)
     result = execute(config, progress=False, relax_maker=Exploding(steps=50))
     by_formula = {c["formula"]: c for c in result.compositions}

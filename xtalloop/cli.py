@@ -83,10 +83,10 @@ def run(
     if overrides:
         cfg = cfg.model_copy(update=overrides)
 
-    from xtalloop.dft.gpaw import check_gpaw
+    from xtalloop.dft.factory import check_dft_runs_here
 
-    check_gpaw(sorted({el.symbol for c in cfg.parsed_compositions() for el in c.elements}),
-               cfg.dft.xc)
+    check_dft_runs_here(
+        cfg.dft, sorted({el.symbol for c in cfg.parsed_compositions() for el in c.elements}))
     from xtalloop.runner import execute
 
     typer.echo(f"xtalloop: {len(cfg.compositions)} compositions "

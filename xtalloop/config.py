@@ -109,16 +109,41 @@ class PrefilterConfig(_Section):
         return value
 
 
-class DFTConfig(_Section):
-    """DFT validation of the picks (GPAW plane waves through atomate2)."""
+class VaspSettings(_Section):
+    """VASP through atomate2's MP GGA double relax + static (``dft.code: vasp``)."""
 
-    code: Literal["gpaw"] = "gpaw"
+    incar_updates: dict[str, Any] = Field(
+        default_factory=dict, description="INCAR tags on top of the MP input sets")
+    static: bool = Field(True, description="finish with MP's static calculation")
+    compatibility: Literal["MP2020", "none"] = Field(
+        "MP2020", description="energy corrections (MaterialsProject2020Compatibility)")
+    vasp_cmd: str | None = Field(None, description="e.g. 'srun vasp_std'; default: atomate2's")
+    custodian_max_errors: int = Field(5, ge=0)
+
+    @field_validator("incar_updates")
+    @classmethod
+    def _incar_tags(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Z][A-Z0-9_]*", str(k))]
+        if bad:
+            raise ValueError(f"INCAR tags are upper case, e.g. NCORE: not {bad[0]!r}")
+        return value
+
+
+class DFTConfig(_Section):
+    """DFT validation of the picks: GPAW plane waves (local) or VASP (clusters), via atomate2.
+
+    ``xc``, ``ecut``, ``kpoint_density``, ``smearing_width``, ``fmax`` and
+    ``steps`` set GPAW; ``vasp`` sets VASP, whose MP input sets fix the rest.
+    """
+
+    code: Literal["gpaw", "vasp"] = "gpaw"
     xc: Literal["PBE", "LDA", "PBEsol"] = "PBE"
     ecut: float | None = Field(None, gt=100, description="eV; null picks it from the elements")
     kpoint_density: float = Field(3.0, gt=0, description="k-points per Å⁻¹")
     smearing_width: float = Field(0.05, ge=0)
     fmax: float = Field(0.03, gt=0)
     steps: int = Field(60, ge=1)
+    vasp: VaspSettings = VaspSettings()
     replace_failed: bool = Field(
         False, description="validate the next-ranked candidate in place of a failed pick")
 

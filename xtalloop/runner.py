@@ -15,7 +15,7 @@ from monty.json import MontyEncoder
 from pymatgen.core import Structure
 
 from xtalloop.config import RunConfig
-from xtalloop.dft.gpaw import GpawRelaxMaker
+from xtalloop.dft.result import DftMaker
 from xtalloop.store import job_store
 from xtalloop.store.results import now, open_results
 from xtalloop.workflows.csp import run_flow
@@ -49,7 +49,7 @@ def execute(
     config: RunConfig,
     progress: bool = True,
     run_id: str | None = None,
-    relax_maker: GpawRelaxMaker | None = None,
+    relax_maker: DftMaker | None = None,
 ) -> RunResult:
     """Run every composition of ``config`` through generate → prefilter → DFT → store.
 

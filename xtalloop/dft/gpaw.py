@@ -16,6 +16,7 @@ from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Element, Molecule, Structure
 
+from xtalloop.dft.result import plain
 from xtalloop.references import is_molecular
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     """
 
     name: str = "GPAW relax"
+    code = "gpaw"
     ecut: float | None = None
     kpoint_density: float = 3.0
     xc: str = "PBE"
@@ -116,6 +118,41 @@ class GpawRelaxMaker(AseRelaxMaker):
             "kpoint_density": self.kpoint_density, "smearing_width": self.smearing_width,
         }
         return "gpaw-" + hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()[:10]
+
+    def parse_output(self, task: Any) -> dict[str, Any] | None:
+        """Final structure, energies, forces, stress and trajectory of an atomate2 ASE task doc.
+
+        Returns ``None`` when the relaxation produced no document (a failed job).
+        """
+        if task is None or task.output is None or task.output.energy is None:
+            return None
+        structure = task.structure
+        trajectory = []
+        traj = (task.objects or {}).get("trajectory")
+        frames = getattr(traj, "frame_properties", None)
+        if traj is not None and frames:
+            for i, props in enumerate(frames):
+                trajectory.append({
+                    "structure": traj.get_structure(i).as_dict(),
+                    "energy": props.get("energy"),
+                    "forces": plain(props.get("forces")),
+                    "stress": plain(props.get("stress")),
+                })
+        return {
+            "structure": structure,
+            "energy": float(task.output.energy),
+            "energy_per_atom": float(task.output.energy) / len(structure),
+            "forces": plain(task.output.forces),
+            "stress_kbar": plain(task.output.stress),
+            "converged": bool(task.is_force_converged),
+            "scf_remedies": [t.split(":", 1)[1] for t in (task.tags or [])
+                             if t.startswith("scf-remedy:")],
+            "n_ionic_steps": task.output.n_steps,
+            "elapsed_time": task.output.elapsed_time,
+            "dir_name": task.dir_name,
+            "code_version": gpaw_version(),
+            "trajectory": trajectory,
+        }
 
     def _calculator_for(self, structure: Structure, remedy: dict[str, Any] | None = None):
         """The GPAW calculator for ``structure``, with an SCF ``remedy`` of :data:`SCF_REMEDIES`."""
@@ -204,6 +241,15 @@ class GpawRelaxMaker(AseRelaxMaker):
             return result
         finally:
             bar.close()
+
+
+def gpaw_version() -> str:
+    """GPAW's version, or ``"unknown"`` where it is not installed (recorded only)."""
+    try:
+        import gpaw
+    except ImportError:
+        return "unknown"
+    return gpaw.__version__
 
 
 def check_gpaw(elements: list[str], xc: str = "PBE") -> None:

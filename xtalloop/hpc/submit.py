@@ -14,13 +14,13 @@ from xtalloop.errors import StoreError
 from xtalloop.store.results import now, open_results
 
 if TYPE_CHECKING:
-    from xtalloop.dft.gpaw import GpawRelaxMaker
+    from xtalloop.dft.result import DftMaker
 
 
 def submit(
     config: RunConfig,
     run_id: str | None = None,
-    relax_maker: GpawRelaxMaker | None = None,
+    relax_maker: DftMaker | None = None,
 ) -> dict[str, Any]:
     """Build the run's flow and hand it to the configured engine; record the run.
 

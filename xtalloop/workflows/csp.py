@@ -8,7 +8,8 @@ from typing import Any
 from jobflow import Flow, Maker
 
 from xtalloop.config import RunConfig
-from xtalloop.dft.gpaw import GpawRelaxMaker
+from xtalloop.dft.factory import dft_maker
+from xtalloop.dft.result import DftMaker
 from xtalloop.workflows.generate import GenerateMaker
 from xtalloop.workflows.prefilter import PrefilterMaker
 from xtalloop.workflows.validate import ValidateMaker
@@ -47,7 +48,7 @@ def csp_flow_maker(
     config: RunConfig,
     run: dict[str, Any],
     progress: bool = True,
-    relax_maker: GpawRelaxMaker | None = None,
+    relax_maker: DftMaker | None = None,
 ) -> CSPFlowMaker:
     """The :class:`CSPFlowMaker` a run configuration describes.
 
@@ -60,7 +61,7 @@ def csp_flow_maker(
     progress
         Show progress bars.
     relax_maker
-        Replaces the DFT relaxation maker the ``dft`` section describes.
+        Replaces the DFT maker the ``dft`` section describes.
     """
     dft = config.dft
     return CSPFlowMaker(
@@ -76,11 +77,7 @@ def csp_flow_maker(
             progress=progress,
         ),
         validate_maker=ValidateMaker(
-            relax_maker=relax_maker or GpawRelaxMaker(
-                ecut=dft.ecut, kpoint_density=dft.kpoint_density, xc=dft.xc,
-                smearing_width=dft.smearing_width, steps=dft.steps,
-                relax_kwargs={"fmax": dft.fmax}, progress=progress,
-            ),
+            relax_maker=relax_maker or dft_maker(dft, progress),
             # jobs run inside their own folders: pin the store to an absolute path;
             # no password travels with the jobs (only where to read it)
             store=config.store.model_copy(
@@ -95,7 +92,7 @@ def run_flow(
     config: RunConfig,
     run: dict[str, Any],
     progress: bool = True,
-    relax_maker: GpawRelaxMaker | None = None,
+    relax_maker: DftMaker | None = None,
 ) -> Flow:
     """One flow holding the CSP flow of every composition of ``config``."""
     maker = csp_flow_maker(config, run, progress, relax_maker)

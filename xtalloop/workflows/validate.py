@@ -6,12 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobflow import Flow, Maker, OnMissing, Response, job
+from jobflow import Flow, Job, Maker, OnMissing, Response, job
 from pymatgen.core import Composition, Structure
 
 from xtalloop import __version__
 from xtalloop.config import StoreConfig
 from xtalloop.dft.gpaw import GpawRelaxMaker
+from xtalloop.dft.result import DftMaker, DftParseError
 from xtalloop.hull import energies_above_hull
 from xtalloop.rankers.ml_ranker import RankedCandidate, Ranking, symmetrized_primitive
 from xtalloop.store.results import chemsys_of, open_results
@@ -35,7 +36,8 @@ class ValidateMaker(Maker):
     name
         Job name.
     relax_maker
-        The DFT relaxation maker (GPAW through atomate2's ASE makers).
+        The DFT maker (:class:`~xtalloop.dft.gpaw.GpawRelaxMaker`, or
+        :class:`~xtalloop.dft.vasp.VaspValidationMaker` for VASP).
     store
         The results store (a dumped :class:`~xtalloop.config.StoreConfig`).
     run
@@ -46,7 +48,7 @@ class ValidateMaker(Maker):
     """
 
     name: str = "validate"
-    relax_maker: GpawRelaxMaker = field(default_factory=GpawRelaxMaker)
+    relax_maker: DftMaker = field(default_factory=GpawRelaxMaker)
     store: dict[str, Any] = field(default_factory=lambda: StoreConfig().model_dump())
     run: dict[str, Any] = field(default_factory=dict)
     replace_failed: bool = False
@@ -64,8 +66,8 @@ class ValidateMaker(Maker):
                 for reference in ranking.references:
                     if db.get_reference(reference.element, key) is not None:
                         continue
-                    relax = self.relax_maker.make(reference.structure)
-                    relax.name = f"{reference.element} reference DFT relax"
+                    relax = _named(self.relax_maker.make(reference.structure),
+                                   f"{reference.element} reference")
                     relax.update_metadata({"element": reference.element, "role": "reference"})
                     reference_jobs[reference.element] = relax
 
@@ -87,7 +89,7 @@ class ValidateMaker(Maker):
             energy_model=ranking.energy_model,
             ml_e_above_hull=ranking.relaxed_e_above_hull,
             reserves=ranking.reserves if self.replace_failed else [],
-            relax_maker=self.relax_maker if self.replace_failed else None,
+            relax_maker=self.relax_maker,
         )
         record.name = f"{formula} record"
         record.config.on_missing_references = OnMissing.NONE
@@ -96,68 +98,15 @@ class ValidateMaker(Maker):
         return Response(replace=flow)
 
 
-def pick_relax_jobs(relax_maker: GpawRelaxMaker, formula: str,
+def pick_relax_jobs(relax_maker: DftMaker, formula: str,
                     picks: list[RankedCandidate]) -> list:
     """One DFT relaxation job per pick, named and tagged with its rank."""
     jobs = []
     for pick in picks:
-        relax = relax_maker.make(pick.structure)
-        relax.name = f"{formula} pick {pick.rank + 1} DFT relax"
+        relax = _named(relax_maker.make(pick.structure), f"{formula} pick {pick.rank + 1}")
         relax.update_metadata({"formula": formula, "role": "pick", "rank": pick.rank})
         jobs.append(relax)
     return jobs
-
-
-def _result_fields(task: Any) -> dict[str, Any] | None:
-    """Final structure, energies, forces, stress and trajectory of an atomate2 ASE task doc."""
-    if task is None or task.output is None or task.output.energy is None:
-        return None
-    structure = task.structure
-    trajectory = []
-    traj = (task.objects or {}).get("trajectory")
-    frames = getattr(traj, "frame_properties", None)
-    if traj is not None and frames:
-        for i, props in enumerate(frames):
-            frame = traj.get_structure(i)
-            trajectory.append({
-                "structure": frame.as_dict(),
-                "energy": props.get("energy"),
-                "forces": _plain(props.get("forces")),
-                "stress": _plain(props.get("stress")),
-            })
-    return {
-        "structure": structure,
-        "energy": float(task.output.energy),
-        "energy_per_atom": float(task.output.energy) / len(structure),
-        "forces": _plain(task.output.forces),
-        "stress_kbar": _plain(task.output.stress),
-        "converged": bool(task.is_force_converged),
-        "scf_remedies": [t.split(":", 1)[1] for t in (task.tags or [])
-                         if t.startswith("scf-remedy:")],
-        "n_ionic_steps": task.output.n_steps,
-        "elapsed_time": task.output.elapsed_time,
-        "dir_name": task.dir_name,
-        "trajectory": trajectory,
-    }
-
-
-def _plain(value: Any) -> Any:
-    if value is None:
-        return None
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _code_version() -> str:
-    try:
-        import gpaw
-
-        return gpaw.__version__
-    except ImportError:  # recorded only; the DFT job itself needs GPAW
-        return "unknown"
 
 
 @job
@@ -174,17 +123,17 @@ def record_validation(
     run: dict[str, Any],
     funnel: dict[str, int],
     energy_model: dict[str, str],
+    relax_maker: DftMaker,
     ml_e_above_hull: list[float] | None = None,
     reserves: list[RankedCandidate] | None = None,
-    relax_maker: GpawRelaxMaker | None = None,
     earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any] | Response:
     """Store the DFT results of one composition and compute their energies above hull.
 
-    With ``relax_maker`` and ``reserves``, each pick whose DFT failed is
-    replaced by the next reserve: the job then replaces itself by the
-    reserves' DFT relaxations and another record job, which adds its results
-    to this one's (``earlier``).
+    ``relax_maker`` made the DFT jobs and parses their outputs. With
+    ``reserves``, each pick whose DFT failed is replaced by the next reserve:
+    the job then replaces itself by the reserves' DFT relaxations and another
+    record job, which adds its results to this one's (``earlier``).
 
     Returns
     -------
@@ -194,15 +143,19 @@ def record_validation(
         stage), ``references`` (DFT elemental energies per atom) and the ML
         and DFT hull energies for the funnel plot.
     """
+    if isinstance(relax_maker, dict):  # its class could not be imported where the job runs
+        raise TypeError(f"DFT maker {relax_maker.get('@module')}.{relax_maker.get('@class')} "
+                        "cannot be imported here: define it at module level of an installed "
+                        "module")
     key = settings_key
     elements = sorted(el.symbol for el in Composition(formula).elements)
     summaries: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     with open_results(StoreConfig(**store)) as db:
         for element, task in reference_outputs.items():
-            result = _result_fields(task)
+            result, reason = _parsed(relax_maker, task)
             if result is None:
-                logger.warning("DFT reference of %s failed", element)
+                logger.warning("DFT reference of %s failed: %s", element, reason)
                 continue
             db.add_reference({
                 "element": element,
@@ -211,8 +164,8 @@ def record_validation(
                 "structure": result["structure"].as_dict(),
                 "energy_per_atom": result["energy_per_atom"],
                 "converged": result["converged"],
-                "dft_code": "gpaw",
-                "dft_code_version": _code_version(),
+                "dft_code": relax_maker.code,
+                "dft_code_version": result["code_version"],
                 "run": run,
             })
 
@@ -220,10 +173,10 @@ def record_validation(
         for pick, task, job_uuid, settings in zip(
             picks, pick_outputs, pick_job_uuids, pick_settings, strict=True
         ):
-            result = _result_fields(task)
+            result, reason = _parsed(relax_maker, task)
             if result is None:
                 failed.append({"rank": pick.rank, "provenance": pick.provenance,
-                               "reason": "DFT relaxation did not finish (see the job log)"})
+                               "reason": reason})
                 continue
             structure: Structure = result["structure"]
             _, symbol, number = symmetrized_primitive(structure, 0.1)
@@ -244,14 +197,16 @@ def record_validation(
                 "e_above_hull": None,
                 "trajectory": result["trajectory"],
                 "dft": {
-                    "code": settings.get("code", "gpaw"),
-                    "code_version": _code_version(),
+                    "code": settings.get("code", relax_maker.code),
+                    "code_version": result["code_version"],
                     "settings": settings,
                     "settings_key": key,
                     "converged": result["converged"],
                     "scf_remedies": result["scf_remedies"],
                     "n_ionic_steps": result["n_ionic_steps"],
                     "elapsed_time": result["elapsed_time"],
+                    **{k: result[k] for k in ("energy_uncorrected", "energy_corrections")
+                       if k in result},
                     "job_uuid": job_uuid,
                     "dir_name": result["dir_name"],
                 },
@@ -285,7 +240,8 @@ def record_validation(
                     "element": elements[0], "settings_key": key,
                     "settings": doc["dft"]["settings"], "structure": doc["structure"],
                     "energy_per_atom": result["energy_per_atom"], "converged": True,
-                    "dft_code": "gpaw", "dft_code_version": _code_version(), "run": run,
+                    "dft_code": relax_maker.code, "dft_code_version": result["code_version"],
+                    "run": run,
                 })
 
         hull = _update_hull(db, elements, key)
@@ -308,7 +264,7 @@ def record_validation(
         "settings_key": key,
     }
     new_failures = [f for f in failed if "replaced_by" not in f]
-    if relax_maker is None or not reserves or not new_failures:
+    if not reserves or not new_failures:
         return result
     replacements = reserves[:len(new_failures)]
     for failure, replacement in zip(new_failures, replacements, strict=False):
@@ -328,6 +284,25 @@ def record_validation(
     record.config.on_missing_references = OnMissing.NONE
     return Response(replace=Flow([*jobs, record], output=record.output,
                                  name=f"{formula} DFT validation of replacements"))
+
+
+def _named(job_or_flow: Job | Flow, label: str) -> Job | Flow:
+    """Name a DFT job ``<label> DFT relax``; in a multi-step flow, label each step too."""
+    if isinstance(job_or_flow, Flow):
+        job_or_flow.append_name(f" ({label})")
+    job_or_flow.name = f"{label} DFT relax"
+    return job_or_flow
+
+
+def _parsed(relax_maker: DftMaker, task: Any) -> tuple[dict[str, Any] | None, str]:
+    """The backend's parsed result of a DFT job output, or ``None`` and the reason it failed."""
+    try:
+        result = relax_maker.parse_output(task)
+    except DftParseError as exc:
+        return None, str(exc)
+    if result is None:
+        return None, "DFT relaxation did not finish (see the job log)"
+    return result, ""
 
 
 def _update_hull(db: Any, elements: list[str], key: str) -> dict[str, float]:
