@@ -20,6 +20,8 @@ def xtalloop(*args, cwd=None):
         ("compositions: [Li3PS4]\ngenerate: {max_atoms: 6}\n", "more than the configured maximum"),
         ("compositions: [NaCl]\nprefilter: {top_kk: 2}\n", "prefilter.top_kk: unknown key"),
         ("compositions: [NaCl\n", "not valid YAML"),
+        ("compositions: [NaCl]\ndft: {code: vasp, vasp: {vasp_cmd: no-such-vasp}}\n",
+         "VASP command 'no-such-vasp' not found"),
     ],
 )
 def test_run_rejects_bad_input_in_one_line(tmp_path, config, message):

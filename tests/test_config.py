@@ -31,12 +31,22 @@ def test_cluster_config_loads_with_a_mongodb_store_and_fireworks():
     assert config.submit.engine == "fireworks"
 
 
+def test_cluster_vasp_config_builds_the_vasp_maker():
+    from xtalloop.dft.factory import dft_maker
+    from xtalloop.dft.vasp import VaspValidationMaker
+
+    config = load_config(CONFIGS / "cluster-vasp.yaml")
+    maker = dft_maker(config.dft)
+    assert isinstance(maker, VaspValidationMaker)
+    assert maker.vasp_cmd == "srun vasp_std" and maker.incar_updates == {"NCORE": 8}
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("compositions: [NaCl]\nprefilter: {topk: 3}\n", "prefilter.topk: unknown key"),
         ("compositions: [NaCl]\nprefilter: {top_k: 0}\n", "prefilter.top_k: Input should be greater"),
-        ("compositions: [NaCl]\ndft: {code: abinit}\n", "dft.code: Input should be 'gpaw'"),
+        ("compositions: [NaCl]\ndft: {code: abinit}\n", "dft.code: Input should be 'gpaw' or 'vasp'"),
         ("compositions: [NaCl]\nsubmit: {engine: slurm}\n",
          "submit.engine: Input should be 'fireworks' or 'jobflow-remote'"),
         ("compositions: [NaCl, Qq2]\n", "compositions[1]: unknown element 'Qq'"),

@@ -123,3 +123,21 @@ def test_failed_pick_is_replaced_by_the_next_ranked_candidate(tmp_path, replace_
         [doc] = db.find_validated(formula="CuAu")
     assert doc["prefilter"]["rank"] == 1  # the second-ranked candidate
     assert any("walltime" in m for m in result.failed_jobs)
+
+
+def test_relaxation_out_of_steps_goes_on_from_its_last_structure(tmp_path, store_config):
+    """Three BFGS steps do not relax a squeezed CuAu; the continuations finish the job."""
+    maker = EmtRelaxAsDftMaker(steps=3, step_limit_restarts=8, relax_kwargs={"fmax": 0.05})
+    job = maker.make(rocksalt("Cu", "Au", 4.0))
+    responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path, log=False,
+                            ensure_success=True)
+    task = responses[job.uuid][1].output
+    continued = [t for t in task.tags if t.startswith("relax-continued:")]
+    assert continued and maker.parse_output(task)["converged"]
+    assert task.output.n_steps > 3  # the trajectory holds every step, not just the last run
+    assert maker.parse_output(task)["relax_continuations"] == len(continued)
+
+    single = EmtRelaxAsDftMaker(steps=3, step_limit_restarts=0, relax_kwargs={"fmax": 0.05})
+    job = single.make(rocksalt("Cu", "Au", 4.0))
+    responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path, log=False)
+    assert not single.parse_output(responses[job.uuid][1].output)["converged"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -73,6 +74,8 @@ class GpawRelaxMaker(AseRelaxMaker):
         Fermi-Dirac smearing (eV).
     spin_polarized
         Force spin polarisation on or off; ``None`` decides from the elements.
+    step_limit_restarts
+        Times a relaxation that ran out of ``steps`` goes on from its last structure.
     progress
         Show a progress bar of ionic steps.
     """
@@ -88,6 +91,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     steps: int = 60
     relax_kwargs: dict = field(default_factory=lambda: {"fmax": 0.03})
     store_trajectory: StoreTrajectoryOption = StoreTrajectoryOption.PARTIAL
+    step_limit_restarts: int = 2
     progress: bool = True
 
     def settings_for(self, structure: Structure) -> dict[str, Any]:
@@ -144,9 +148,13 @@ class GpawRelaxMaker(AseRelaxMaker):
             "energy_per_atom": float(task.output.energy) / len(structure),
             "forces": plain(task.output.forces),
             "stress_kbar": plain(task.output.stress),
-            "converged": bool(task.is_force_converged),
+            # the optimiser's verdict (forces and, with the cell, stress) sets the state
+            "converged": bool(task.is_force_converged)
+            and str(getattr(task.state, "value", task.state)) == "successful",
             "scf_remedies": [t.split(":", 1)[1] for t in (task.tags or [])
                              if t.startswith("scf-remedy:")],
+            "relax_continuations": sum(t.startswith("relax-continued:")
+                                       for t in (task.tags or [])),
             "n_ionic_steps": task.output.n_steps,
             "elapsed_time": task.output.elapsed_time,
             "dir_name": task.dir_name,
@@ -183,21 +191,47 @@ class GpawRelaxMaker(AseRelaxMaker):
     def run_ase(
         self, mol_or_struct: Structure | Molecule, prev_dir: str | Path | None = None
     ) -> AseResult:
-        """Relax with BFGS; when the SCF does not converge, retry with :data:`SCF_REMEDIES`.
+        """Relax with BFGS, rescuing a non-converging SCF and a relaxation out of steps.
 
-        Each remedy applied is recorded in the task document's ``tags``
-        (``scf-remedy:<name>``); when the last one fails too, the SCF error is raised.
+        When the SCF does not converge, the relaxation is retried with
+        :data:`SCF_REMEDIES` (tags ``scf-remedy:<name>``); when the last one fails
+        too, the SCF error is raised. When the relaxation uses up ``steps``
+        without reaching ``fmax``, it goes on from its last structure with
+        half-length BFGS steps, up to ``step_limit_restarts`` times (tags
+        ``relax-continued:<n>``); the trajectory covers every step.
         """
+        # the maker may be shared by several jobs: start each relaxation without remedy tags
+        self.tags = [t for t in (self.tags or [])
+                     if not t.startswith(("scf-remedy:", "relax-continued:"))] or None
+        result = self._relax_rescuing_scf(mol_or_struct)
+        for restart in range(1, self.step_limit_restarts + 1):
+            if result.converged or self.steps <= 1 or result.final_mol_or_struct is None:
+                break
+            logger.warning("%s: not relaxed to fmax in %d steps; continuing from the last "
+                           "structure with smaller steps (%d)",
+                           mol_or_struct.composition.reduced_formula, self.steps, restart)
+            self.tags = [*(self.tags or []), f"relax-continued:{restart}"]
+            more = self._relax_rescuing_scf(result.final_mol_or_struct, maxstep=0.1)
+            if result.trajectory is not None and more.trajectory is not None:
+                try:
+                    joined = copy.deepcopy(result.trajectory)
+                    joined.extend(more.trajectory)
+                    more.trajectory = joined
+                except (AttributeError, TypeError, ValueError) as exc:
+                    logger.warning("could not join the relaxation trajectories: %s", exc)
+            result = more
+        return result
+
+    def _relax_rescuing_scf(self, mol_or_struct: Structure | Molecule,
+                            **optimizer_kwargs: Any) -> AseResult:
         try:
             from gpaw import ConvergenceError
         except ImportError:  # a stand-in calculator (tests): no GPAW SCF to rescue
             ConvergenceError = ()  # noqa: N806 - catches nothing
 
-        # the maker may be shared by several jobs: start each relaxation without remedy tags
-        self.tags = [t for t in (self.tags or []) if not t.startswith("scf-remedy:")] or None
         for remedy in (None, *SCF_REMEDIES):
             try:
-                return self._relax(mol_or_struct, remedy)
+                return self._relax(mol_or_struct, remedy, **optimizer_kwargs)
             except ConvergenceError:
                 if remedy is SCF_REMEDIES[-1]:
                     raise
@@ -206,7 +240,8 @@ class GpawRelaxMaker(AseRelaxMaker):
                                f" with {remedy['name']}" if remedy else "")
         raise AssertionError("unreachable")
 
-    def _relax(self, mol_or_struct: Structure | Molecule, remedy: dict[str, Any] | None) -> AseResult:
+    def _relax(self, mol_or_struct: Structure | Molecule, remedy: dict[str, Any] | None,
+               **optimizer_kwargs: Any) -> AseResult:
         from tqdm.auto import tqdm
 
         self._calculator = self._calculator_for(mol_or_struct, remedy)
@@ -235,7 +270,7 @@ class GpawRelaxMaker(AseRelaxMaker):
         )
         try:
             result = relaxer.relax(mol_or_struct, steps=self.steps,
-                                   **{"logfile": None, **self.relax_kwargs})
+                                   **{"logfile": None, **self.relax_kwargs, **optimizer_kwargs})
             bar.total = bar.n = max(bar.n, 1)  # finished: show the bar full
             bar.refresh()
             return result

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 COMPATIBILITY_SCHEMES = ("MP2020", "none")
 
+#: INCAR tags that change how VASP runs, not what it computes: left out of the settings key.
+PERFORMANCE_TAGS = frozenset({"NCORE", "NPAR", "KPAR", "NSIM", "LPLANE", "LWAVE", "LCHARG",
+                              "LVTOT", "LAECHG", "LELF", "LORBIT", "NWRITE"})
+
 
 @dataclass
 class VaspValidationMaker(Maker):
@@ -37,7 +41,8 @@ class VaspValidationMaker(Maker):
         Name of the flows made.
     incar_updates
         INCAR tags applied on top of the MP input sets of every step (e.g.
-        ``{"NCORE": 8}``; tags that change the energy also change the settings key).
+        ``{"NCORE": 8}``). All but the performance tags (:data:`PERFORMANCE_TAGS`)
+        enter the settings key: results differing in them are never compared.
     static
         Finish with a static calculation (MP's final energy) after the relaxations.
     compatibility
@@ -99,8 +104,9 @@ class VaspValidationMaker(Maker):
 
     def settings_key(self) -> str:
         """A short hash of the settings that decide whether two energies are comparable."""
+        physics = {k: v for k, v in self.incar_updates.items() if k not in PERFORMANCE_TAGS}
         rule = {"code": "vasp", "sets": "MP GGA", "static": self.static,
-                "incar_updates": self.incar_updates, "compatibility": self.compatibility}
+                "incar_updates": physics, "compatibility": self.compatibility}
         digest = hashlib.sha256(json.dumps(rule, sort_keys=True, default=str).encode())
         return "vasp-mp-" + digest.hexdigest()[:10]
 

@@ -205,8 +205,8 @@ def record_validation(
                     "scf_remedies": result["scf_remedies"],
                     "n_ionic_steps": result["n_ionic_steps"],
                     "elapsed_time": result["elapsed_time"],
-                    **{k: result[k] for k in ("energy_uncorrected", "energy_corrections")
-                       if k in result},
+                    **{k: result[k] for k in ("energy_uncorrected", "energy_corrections",
+                                              "relax_continuations") if k in result},
                     "job_uuid": job_uuid,
                     "dir_name": result["dir_name"],
                 },
