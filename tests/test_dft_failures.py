@@ -7,12 +7,20 @@ calculator, in the middle of a relaxation.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
 from jobflow import run_locally
+from monty.json import MontyEncoder
+from pymatgen.core import Structure
 
 from conftest import EmtRelaxAsDftMaker, rocksalt
 from xtalloop.config import RunConfig
@@ -141,3 +149,72 @@ def test_relaxation_out_of_steps_goes_on_from_its_last_structure(tmp_path, store
     job = single.make(rocksalt("Cu", "Au", 4.0))
     responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path, log=False)
     assert not single.parse_output(responses[job.uuid][1].output)["converged"]
+
+
+KILL_FLAG_ENV = "XTALLOOP_TEST_KILL_FLAG"
+
+
+class DyingEmt(EMT):
+    """EMT that kills its own process (SIGKILL, like a walltime) after a few calculations."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        flag = os.environ.get(KILL_FLAG_ENV)
+        if self.calls > self.after and flag and Path(flag).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().calculate(*args, **kwargs)
+
+
+@dataclass
+class KilledMidRelaxMaker(EmtRelaxAsDftMaker):
+    """EMT "DFT" whose process is killed at its 5th ionic step while the kill flag exists."""
+
+    def _calculator_for(self, structure, remedy=None):
+        return DyingEmt(after=5)
+
+
+def test_killed_relaxation_restarts_from_its_last_ionic_step(tmp_path, store_config):
+    maker = KilledMidRelaxMaker(steps=80, relax_kwargs={"fmax": 0.02},
+                                checkpoint_store=store_config.model_dump())
+    start = rocksalt("Cu", "Au", 4.0)
+    job = maker.make(start)
+    (tmp_path / "job.json").write_text(json.dumps(job.as_dict(), cls=MontyEncoder))
+    flag = tmp_path / "kill-now"
+    flag.touch()
+    script = (
+        "import json, sys\n"
+        "from jobflow import Job, run_locally\n"
+        "from monty.json import MontyDecoder\n"
+        "from xtalloop.config import StoreConfig\n"
+        "from xtalloop.store import job_store\n"
+        "job = MontyDecoder().decode(open(sys.argv[1]).read())\n"
+        "run_locally(job, store=job_store(StoreConfig(**json.loads(sys.argv[2]))),\n"
+        "            root_dir=sys.argv[3], log=False, create_folders=True)\n"
+    )
+    env = {**os.environ, KILL_FLAG_ENV: str(flag),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "job.json"),
+         json.dumps(store_config.model_dump()), str(tmp_path / "first")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    with open_results(store_config) as db:
+        saved = db.get_checkpoint(job.uuid)
+    assert saved is not None and saved["step"] >= 3
+    assert Structure.from_dict(saved["structure"]) != start
+
+    flag.unlink()  # the rerun (FireWorks' rerun, jobflow-remote's retry) is not killed
+    responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path / "second",
+                            log=False, create_folders=True, ensure_success=True)
+    task = responses[job.uuid][1].output
+    assert f"restarted-from-step:{saved['step']}" in task.tags
+    first_frame = task.objects["trajectory"].get_structure(0)
+    assert first_frame.lattice.abc == pytest.approx(
+        Structure.from_dict(saved["structure"]).lattice.abc, abs=1e-6)
+    assert maker.parse_output(task)["converged"]
+    with open_results(store_config) as db:
+        assert db.get_checkpoint(job.uuid) is None  # finished: the checkpoint is gone

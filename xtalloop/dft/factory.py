@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from xtalloop.config import DFTConfig
 from xtalloop.dft.result import DftMaker
 
 
-def dft_maker(dft: DFTConfig, progress: bool = True) -> DftMaker:
+def dft_maker(dft: DFTConfig, progress: bool = True,
+              checkpoint_store: dict[str, Any] | None = None) -> DftMaker:
     """A :class:`~xtalloop.dft.gpaw.GpawRelaxMaker` or :class:`~xtalloop.dft.vasp.VaspValidationMaker`.
 
     Parameters
@@ -15,6 +18,9 @@ def dft_maker(dft: DFTConfig, progress: bool = True) -> DftMaker:
         The ``dft`` section of a run configuration.
     progress
         Show progress bars of ionic steps (GPAW).
+    checkpoint_store
+        A dumped store configuration where GPAW saves each ionic step, so that a
+        killed job's rerun starts from its last step.
     """
     if dft.code == "vasp":
         from xtalloop.dft.vasp import VaspValidationMaker
@@ -30,7 +36,7 @@ def dft_maker(dft: DFTConfig, progress: bool = True) -> DftMaker:
     return GpawRelaxMaker(
         ecut=dft.ecut, kpoint_density=dft.kpoint_density, xc=dft.xc,
         smearing_width=dft.smearing_width, steps=dft.steps,
-        relax_kwargs={"fmax": dft.fmax}, progress=progress,
+        relax_kwargs={"fmax": dft.fmax}, checkpoint_store=checkpoint_store, progress=progress,
     )
 
 

@@ -6,6 +6,8 @@ import copy
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,10 @@ class GpawRelaxMaker(AseRelaxMaker):
         Force spin polarisation on or off; ``None`` decides from the elements.
     step_limit_restarts
         Times a relaxation that ran out of ``steps`` goes on from its last structure.
+    checkpoint_store
+        A dumped :class:`~xtalloop.config.StoreConfig`: every ionic step is saved
+        there under the job's uuid, and a rerun of a killed job starts from the
+        last saved step (``None``: no checkpoints).
     progress
         Show a progress bar of ionic steps.
     """
@@ -92,6 +98,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     relax_kwargs: dict = field(default_factory=lambda: {"fmax": 0.03})
     store_trajectory: StoreTrajectoryOption = StoreTrajectoryOption.PARTIAL
     step_limit_restarts: int = 2
+    checkpoint_store: dict[str, Any] | None = None
     progress: bool = True
 
     def settings_for(self, structure: Structure) -> dict[str, Any]:
@@ -122,6 +129,20 @@ class GpawRelaxMaker(AseRelaxMaker):
             "kpoint_density": self.kpoint_density, "smearing_width": self.smearing_width,
         }
         return "gpaw-" + hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()[:10]
+
+    @contextmanager
+    def _checkpoints(self) -> Iterator[RelaxCheckpoints | None]:
+        """This job's checkpoints in ``checkpoint_store`` (``None`` outside a job or without)."""
+        from jobflow import CURRENT_JOB
+
+        if not self.checkpoint_store or CURRENT_JOB.job is None:
+            yield None
+            return
+        from xtalloop.config import StoreConfig
+        from xtalloop.store.results import open_results
+
+        with open_results(StoreConfig(**self.checkpoint_store)) as db:
+            yield RelaxCheckpoints(db, CURRENT_JOB.job.uuid)
 
     def parse_output(self, task: Any) -> dict[str, Any] | None:
         """Final structure, energies, forces, stress and trajectory of an atomate2 ASE task doc.
@@ -198,12 +219,27 @@ class GpawRelaxMaker(AseRelaxMaker):
         too, the SCF error is raised. When the relaxation uses up ``steps``
         without reaching ``fmax``, it goes on from its last structure with
         half-length BFGS steps, up to ``step_limit_restarts`` times (tags
-        ``relax-continued:<n>``); the trajectory covers every step.
+        ``relax-continued:<n>``); the trajectory covers every step. With
+        ``checkpoint_store``, a rerun of a job killed mid-relaxation starts from
+        its last saved ionic step (tag ``restarted-from-step:<n>``).
         """
         # the maker may be shared by several jobs: start each relaxation without remedy tags
-        self.tags = [t for t in (self.tags or [])
-                     if not t.startswith(("scf-remedy:", "relax-continued:"))] or None
-        result = self._relax_rescuing_scf(mol_or_struct)
+        self.tags = [t for t in (self.tags or []) if not t.startswith(
+            ("scf-remedy:", "relax-continued:", "restarted-from-step:"))] or None
+        with self._checkpoints() as checkpoints:
+            if checkpoints is not None and (saved := checkpoints.last()) is not None:
+                logger.warning("%s: restarting from ionic step %d of an interrupted run",
+                               mol_or_struct.composition.reduced_formula, saved["step"])
+                mol_or_struct = Structure.from_dict(saved["structure"])
+                self.tags = [*(self.tags or []), f"restarted-from-step:{saved['step']}"]
+            result = self._relax_steps(mol_or_struct, checkpoints)
+            if checkpoints is not None:
+                checkpoints.drop()
+        return result
+
+    def _relax_steps(self, mol_or_struct: Structure | Molecule,
+                     checkpoints: RelaxCheckpoints | None) -> AseResult:
+        result = self._relax_rescuing_scf(mol_or_struct, checkpoints)
         for restart in range(1, self.step_limit_restarts + 1):
             if result.converged or self.steps <= 1 or result.final_mol_or_struct is None:
                 break
@@ -211,7 +247,7 @@ class GpawRelaxMaker(AseRelaxMaker):
                            "structure with smaller steps (%d)",
                            mol_or_struct.composition.reduced_formula, self.steps, restart)
             self.tags = [*(self.tags or []), f"relax-continued:{restart}"]
-            more = self._relax_rescuing_scf(result.final_mol_or_struct, maxstep=0.1)
+            more = self._relax_rescuing_scf(result.final_mol_or_struct, checkpoints, maxstep=0.1)
             if result.trajectory is not None and more.trajectory is not None:
                 try:
                     joined = copy.deepcopy(result.trajectory)
@@ -223,6 +259,7 @@ class GpawRelaxMaker(AseRelaxMaker):
         return result
 
     def _relax_rescuing_scf(self, mol_or_struct: Structure | Molecule,
+                            checkpoints: RelaxCheckpoints | None,
                             **optimizer_kwargs: Any) -> AseResult:
         try:
             from gpaw import ConvergenceError
@@ -231,7 +268,7 @@ class GpawRelaxMaker(AseRelaxMaker):
 
         for remedy in (None, *SCF_REMEDIES):
             try:
-                return self._relax(mol_or_struct, remedy, **optimizer_kwargs)
+                return self._relax(mol_or_struct, remedy, checkpoints, **optimizer_kwargs)
             except ConvergenceError:
                 if remedy is SCF_REMEDIES[-1]:
                     raise
@@ -241,6 +278,7 @@ class GpawRelaxMaker(AseRelaxMaker):
         raise AssertionError("unreachable")
 
     def _relax(self, mol_or_struct: Structure | Molecule, remedy: dict[str, Any] | None,
+               checkpoints: RelaxCheckpoints | None = None,
                **optimizer_kwargs: Any) -> AseResult:
         from tqdm.auto import tqdm
 
@@ -259,6 +297,8 @@ class GpawRelaxMaker(AseRelaxMaker):
             def step(self, *args, **kwargs):
                 super().step(*args, **kwargs)
                 bar.update(1)
+                if checkpoints is not None:  # the filter's atoms when the cell relaxes too
+                    checkpoints.save(getattr(self.atoms, "atoms", self.atoms))
 
         relaxer = AseRelaxer(
             self._calculator,
@@ -276,6 +316,34 @@ class GpawRelaxMaker(AseRelaxMaker):
             return result
         finally:
             bar.close()
+
+
+@dataclass
+class RelaxCheckpoints:
+    """The ionic steps of one job's relaxation, saved as they are taken."""
+
+    db: Any
+    job_uuid: str
+    step: int = 0
+
+    def last(self) -> dict[str, Any] | None:
+        """The last step an earlier, interrupted run of this job saved."""
+        saved = self.db.get_checkpoint(self.job_uuid)
+        if saved is not None:
+            self.step = int(saved["step"])
+        return saved
+
+    def save(self, atoms: Any) -> None:
+        """Save the structure of the step just taken."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        self.step += 1
+        self.db.save_checkpoint(self.job_uuid, AseAtomsAdaptor.get_structure(atoms).as_dict(),
+                                self.step)
+
+    def drop(self) -> None:
+        """The relaxation finished: forget its checkpoint."""
+        self.db.drop_checkpoint(self.job_uuid)
 
 
 def gpaw_version() -> str:

@@ -33,6 +33,7 @@ INDEXES: dict[str, tuple[str, ...]] = {
     "validated": ("uuid", "formula", "chemsys", "e_above_hull", "dft.settings_key"),
     "references": ("key", "element", "settings_key"),
     "runs": ("id", "status"),
+    "checkpoints": ("job_uuid",),
 }
 
 

@@ -19,6 +19,7 @@ from xtalloop.store.backends import collection_store
 VALIDATED = "validated"
 REFERENCES = "references"
 RUNS = "runs"
+CHECKPOINTS = "checkpoints"
 
 
 def now() -> str:
@@ -198,6 +199,23 @@ class ResultsDB:
         self.store(REFERENCES).update([new], key="key")
 
     # -- runs -------------------------------------------------------------------
+
+    # -- relaxation checkpoints --------------------------------------------------
+
+    def save_checkpoint(self, job_uuid: str, structure: dict[str, Any], step: int) -> None:
+        """Keep the latest ionic step of a running DFT relaxation (one document per job)."""
+        self.store(CHECKPOINTS).update(
+            [{"job_uuid": job_uuid, "structure": structure, "step": step, "saved_at": now()}],
+            key="job_uuid")
+
+    def get_checkpoint(self, job_uuid: str) -> dict[str, Any] | None:
+        """The last saved ionic step of job ``job_uuid``, if it was interrupted."""
+        doc = self.store(CHECKPOINTS).query_one({"job_uuid": job_uuid})
+        return None if doc is None else {k: v for k, v in doc.items() if k != "_id"}
+
+    def drop_checkpoint(self, job_uuid: str) -> None:
+        """Forget job ``job_uuid``'s checkpoint (its relaxation finished)."""
+        self.store(CHECKPOINTS).remove_docs({"job_uuid": job_uuid})
 
     def save_run(self, doc: dict[str, Any]) -> None:
         """Insert or update a run record (keyed by ``id``)."""

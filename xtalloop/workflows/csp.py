@@ -64,6 +64,10 @@ def csp_flow_maker(
         Replaces the DFT maker the ``dft`` section describes.
     """
     dft = config.dft
+    # jobs run inside their own folders: pin the store to an absolute path;
+    # no password travels with the jobs (only where to read it)
+    store = config.store.model_copy(
+        update={"path": str(config.store.resolved_path)}).redacted_dump()
     return CSPFlowMaker(
         generate_maker=GenerateMaker(
             sources=[s.model_dump() for s in config.generate.sources],
@@ -77,11 +81,8 @@ def csp_flow_maker(
             progress=progress,
         ),
         validate_maker=ValidateMaker(
-            relax_maker=relax_maker or dft_maker(dft, progress),
-            # jobs run inside their own folders: pin the store to an absolute path;
-            # no password travels with the jobs (only where to read it)
-            store=config.store.model_copy(
-                update={"path": str(config.store.resolved_path)}).redacted_dump(),
+            relax_maker=relax_maker or dft_maker(dft, progress, checkpoint_store=store),
+            store=store,
             run=run,
             replace_failed=dft.replace_failed,
         ),
