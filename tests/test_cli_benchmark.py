@@ -118,6 +118,42 @@ def test_diffusion_generator_in_the_benchmark(work, checkpoint):
     assert diffusion["generator_settings"]["n_steps"] == 3
 
 
+def test_templates_and_diffusion_pooled_in_the_benchmark(work, checkpoint):
+    result = invoke("--data", str(work / "tiny.csv"), "--n", "5", "--k", "1,4",
+                    "--generator", "templates+diffusion", "--checkpoint", str(checkpoint),
+                    "--reference-csv", str(work / "tiny.csv"), "--n-steps", "3",
+                    "--max-atoms", "8", "--out", str(work / "pooled"))
+    assert result.exit_code == 0, result.output
+    pooled = json.loads((work / "pooled" / "templates+diffusion" / "results.json").read_text())
+    members = [g["name"] for g in pooled["generator_settings"]["generators"]]
+    assert members == ["prototype_substitution", "diffusion"]
+    # the templates come first: their own table holds every answer at k = 1
+    assert pooled["match_rate"]["1"] == 1.0
+    assert pooled["n_generated"] == 5 * 4  # the model fills what the templates lack
+
+
+def test_pooled_generator_interleaves_and_fills_in():
+    from pymatgen.core import Composition
+
+    from xtalloop.generators.base import Candidate
+    from xtalloop.generators.pooled import PooledGenerator
+
+    class Fixed:
+        def __init__(self, name, count):
+            self.name, self.count = name, count
+
+        def generate(self, composition, n, seed):
+            return [Candidate(rocksalt("Na", "Cl", 5.0 + i), self.name, seed, i)
+                    for i in range(min(n, self.count))]
+
+    pool = PooledGenerator([Fixed("a", 2), Fixed("b", 10)])
+    out = pool.generate(Composition("NaCl"), 6, seed=1)
+    assert [c.generator for c in out] == ["a", "b", "a", "b", "b", "b"]
+    assert [c.generator for c in pool.generate(Composition("NaCl"), 6, seed=1)] == \
+        [c.generator for c in out]
+    assert pool.generate(Composition("NaCl"), 0, seed=1) == []
+
+
 def test_parse_ks():
     assert parse_ks("20, 1,5,1") == [1, 5, 20]
     for bad in ("", "0", "1,x", "-1"):

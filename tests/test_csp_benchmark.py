@@ -167,3 +167,20 @@ def test_table_without_cif_column_is_a_data_error(tmp_path):
     path.write_text("material_id,formula\nmp-1,NaCl\n")
     with pytest.raises(DataError, match="no 'cif' column"):
         run_csp_benchmark(path, NothingGenerator(), 1, progress=False)
+
+
+def test_a_collapsed_cell_matches_nothing_and_does_not_hang_the_matcher():
+    """A collapsed cell (0.4 Å³/atom, as an undertrained model can sample; pymatgen's Niggli
+    reduction looped for ever on one) is scored as no match without reaching the matcher."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from xtalloop.benchmark.csp import MATCHER_SETTINGS, _rms, degenerate
+
+    truth = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    flat = Lattice.from_parameters(11.6, 11.4, 10.4, 119.19, 169.68, 71.13)
+    collapsed = Structure(flat, ["K", "K", "Cl", "Cl"],
+                          [[0, 0, 0], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.7, 0.1, 0.9]])
+    assert collapsed.volume / len(collapsed) < 1.0
+    assert degenerate(collapsed) and not degenerate(truth)
+    assert _rms(StructureMatcher(**MATCHER_SETTINGS), collapsed, truth) is None
+    assert _rms(StructureMatcher(**MATCHER_SETTINGS), truth.copy(), truth) == pytest.approx(0)

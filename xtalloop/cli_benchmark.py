@@ -35,6 +35,7 @@ class GeneratorKind(str, Enum):
     random_symmetric = "random_symmetric"
     prototype_substitution = "prototype_substitution"
     diffusion = "diffusion"
+    templates_then_diffusion = "templates+diffusion"
 
 
 DEFAULT_MAX_ATOMS = 20  # MP-20's largest cell
@@ -82,7 +83,8 @@ def build_generators(
         Largest cell a generator may return (``None``: 20, or for the diffusion
         generator its checkpoint's largest training cell).
     checkpoint
-        Diffusion checkpoint (needed for ``diffusion``).
+        Diffusion checkpoint (needed for ``diffusion`` and ``templates+diffusion``,
+        which interleaves prototype substitution's candidates with the model's).
     reference_csv
         Prototype table of ``prototype_substitution`` (``None``: its default).
     n_steps
@@ -103,8 +105,15 @@ def build_generators(
             generators.append(RandomSymmetricGenerator(max_atoms=max_atoms or DEFAULT_MAX_ATOMS))
         elif kind is GeneratorKind.prototype_substitution:
             generators.append(_prototype_generator(max_atoms, reference_csv))
-        else:
+        elif kind is GeneratorKind.diffusion:
             generators.append(_diffusion_generator(max_atoms, checkpoint, n_steps, device))
+        else:
+            from xtalloop.generators.pooled import PooledGenerator
+
+            generators.append(PooledGenerator(
+                [_prototype_generator(max_atoms, reference_csv),
+                 _diffusion_generator(max_atoms, checkpoint, n_steps, device)],
+                name=kind.value))
     return generators
 
 

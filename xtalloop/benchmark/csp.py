@@ -249,8 +249,26 @@ def _material_id(table, row: int) -> str:
     return f"row-{row}"
 
 
+#: Below this volume per atom (Å³) a cell is degenerate: the densest solids have about
+#: 5 Å³/atom, and pymatgen's Niggli reduction can loop for ever on such a cell.
+MIN_VOLUME_PER_ATOM = 1.0
+
+
+def degenerate(structure: Structure) -> bool:
+    """Whether a candidate's cell is too collapsed (or not finite) to be a crystal."""
+    matrix = structure.lattice.matrix
+    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
+        return True
+    return abs(structure.lattice.volume) / len(structure) < MIN_VOLUME_PER_ATOM
+
+
 def _rms(matcher, candidate: Structure, truth: Structure) -> float | None:
-    """Normalised RMS distance of a matching candidate, None if it does not match."""
+    """Normalised RMS distance of a matching candidate, None if it does not match.
+
+    A degenerate cell (:func:`degenerate`) matches nothing and is not handed to the matcher.
+    """
+    if degenerate(candidate):
+        return None
     try:
         found = matcher.get_rms_dist(candidate, truth)
     except Exception as exc:  # odd cells can make the matcher fail; count as no match
@@ -275,11 +293,19 @@ def _summarise(records: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
 
 
 def _settings(generator: Generator) -> dict[str, Any]:
-    """The generator's dataclass fields that JSON can hold."""
+    """The generator's settings (its dataclass init fields) that JSON can hold.
+
+    Member generators of a pooled generator are listed with their own settings.
+    """
     if not dataclasses.is_dataclass(generator):
         return {}
-    settings = {}
-    for key, value in dataclasses.asdict(generator).items():
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(generator):
+        if not f.init:  # caches such as a loaded model
+            continue
+        value = getattr(generator, f.name)
+        if isinstance(value, list) and value and all(isinstance(g, Generator) for g in value):
+            value = [{"name": g.name, **_settings(g)} for g in value]
         if isinstance(value, tuple):
             value = list(value)
         try:
@@ -288,5 +314,5 @@ def _settings(generator: Generator) -> dict[str, Any]:
             value = repr(value)
         if isinstance(value, float) and not math.isfinite(value):
             value = None
-        settings[key] = value
+        settings[f.name] = value
     return settings
