@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from jobflow import CURRENT_JOB, Flow, run_locally
 from pymatgen.core import Lattice, Molecule, Structure
 from pymatgen.io.vasp import Incar, Kpoints
@@ -129,7 +130,7 @@ def test_bad_vasp_config_is_rejected_naming_the_key():
     for bad, word in (({"code": "vasp", "vasp": {"incar_updates": {"ncore": 4}}}, "upper case"),
                       ({"code": "vasp", "vasp": {"compatibility": "MP2014"}}, "compatibility"),
                       ({"code": "quantum-espresso"}, "code")):
-        with pytest.raises(Exception) as err:
+        with pytest.raises(ValidationError) as err:
             RunConfig.model_validate({"compositions": ["NaCl"], "dft": bad})
         assert word in str(err.value)
 

@@ -71,6 +71,7 @@ class VaspValidationMaker(Maker):
     def atomate2_maker(self) -> Maker:
         """atomate2's MP GGA double relax (+ static) maker with this maker's settings."""
         from atomate2.vasp.flows.mp import MPGGADoubleRelaxStaticMaker
+        from atomate2.vasp.jobs.base import BaseVaspMaker
         from atomate2.vasp.powerups import update_user_incar_settings
 
         maker = MPGGADoubleRelaxStaticMaker()
@@ -81,9 +82,9 @@ class VaspValidationMaker(Maker):
         run_kwargs: dict[str, Any] = {"max_errors": self.custodian_max_errors}
         if self.vasp_cmd:
             run_kwargs["vasp_cmd"] = self.vasp_cmd
-        for step in _vasp_makers(maker):
-            step.run_vasp_kwargs = {**step.run_vasp_kwargs, **run_kwargs}
-        return maker
+        return maker.update_kwargs(
+            {"_set": {f"run_vasp_kwargs->{k}": v for k, v in run_kwargs.items()}},
+            class_filter=BaseVaspMaker, dict_mod=True)
 
     def make(self, structure: Structure) -> Flow:
         """The relax (+ static) flow of ``structure``; its output is the last step's TaskDoc."""
@@ -188,24 +189,6 @@ def custodian_errors(custodian: Any) -> list[str]:
         for correction in corrections or []:
             errors.extend(str(e) for e in (correction.get("errors") or []))
     return errors
-
-
-def _vasp_makers(maker: Maker) -> list[Maker]:
-    """Every atomate2 VASP job maker nested in ``maker``."""
-    from atomate2.vasp.jobs.base import BaseVaspMaker
-
-    found: list[Maker] = []
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, BaseVaspMaker):
-            found.append(obj)
-            return
-        if isinstance(obj, Maker):
-            for value in vars(obj).values():
-                walk(value)
-
-    walk(maker)
-    return found
 
 
 def check_vasp(vasp_cmd: str | None) -> None:
