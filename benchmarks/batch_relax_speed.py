@@ -3,18 +3,21 @@
 Generates ``--n`` random symmetric candidates (4-20 atoms, several binary and
 ternary compositions), relaxes them
 
-1. with :class:`xtalloop.rankers.batch_relax.BatchRelaxer` (one CHGNet call
-   per step for every unconverged structure), and
-2. with atomate2's ``ForceFieldRelaxMaker(force_field_name="CHGNet")``, one
-   jobflow job per structure run with ``run_locally`` (FIRE on the same
-   FrechetCellFilter, same fmax and step limit),
+1. with :class:`xtalloop.rankers.batch_relax.BatchRelaxer` (one model call per
+   step for every unconverged structure), and
+2. with atomate2's ``ForceFieldRelaxMaker``, one jobflow job per structure run
+   with ``run_locally``,
 
-and prints structures relaxed per CPU-second for both, their ratio, and the
-distribution of final-energy differences (meV/atom) between the two.
+with the same model (``--model``: pretrained CHGNet, or a MACE ``.model`` file
+in float64), optimiser (ASE's FIRE with its default parameters), cell filter
+(FrechetCellFilter), fmax and step limit, and prints structures relaxed per
+CPU-second for both, their ratio, and the distribution of final-energy
+differences (meV/atom) between the two.
 
 Example::
 
     python benchmarks/batch_relax_speed.py --n 200
+    python benchmarks/batch_relax_speed.py --model path/to/mace.model --threads 1
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import numpy as np  # noqa: E402
 from pymatgen.core import Composition  # noqa: E402
 from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
+
+if TYPE_CHECKING:
+    from atomate2.forcefields.jobs import ForceFieldRelaxMaker
 
 COMPOSITIONS = ["NaCl", "MgO", "GaAs", "Si", "ZnS", "TiO2", "Li3PS4", "BaTiO3", "CaF2", "AlN"]
 
@@ -47,11 +54,13 @@ def candidates(n: int, seed: int) -> list:
     return pool[:n]
 
 
-def relax_batched(structures: list, fmax: float, steps: int) -> tuple[list[float], float]:
+def relax_batched(structures: list, model_spec: str, fmax: float,
+                  steps: int) -> tuple[list[float], float]:
     from xtalloop.models.energy_model import load_energy_model
     from xtalloop.rankers.batch_relax import BatchRelaxer
 
-    model = load_energy_model("chgnet")
+    model = load_energy_model(model_spec)
+    print(f"model: {model.name} ({model.version})")
     model.predict([AseAtomsAdaptor.get_atoms(structures[0])])  # load weights before timing
     start = time.process_time()
     results = BatchRelaxer(model, fmax=fmax, steps=steps, progress=True).relax(
@@ -60,23 +69,57 @@ def relax_batched(structures: list, fmax: float, steps: int) -> tuple[list[float
     return [r.energy / len(r.atoms) for r in results], seconds
 
 
-def relax_one_job_each(structures: list, fmax: float, steps: int) -> tuple[list[float], float]:
+def atomate2_maker(model_spec: str, fmax: float, steps: int) -> ForceFieldRelaxMaker:
+    """ForceFieldRelaxMaker with BatchRelaxer's optimiser, cell filter, fmax and steps."""
+    from ase.filters import FrechetCellFilter
     from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+
+    like_batched = {
+        "steps": steps,
+        "relax_cell": True,
+        "relax_kwargs": {"fmax": fmax, "cell_filter": FrechetCellFilter},
+        "optimizer_kwargs": {"optimizer": "FIRE"},
+    }
+    if model_spec == "chgnet":
+        return ForceFieldRelaxMaker(force_field_name="CHGNet", **like_batched)
+    # An existing file as "model" makes atomate2 build MACECalculator(model_paths=...)
+    # instead of downloading a foundation model.
+    return ForceFieldRelaxMaker(
+        force_field_name="MACE",
+        calculator_kwargs={"model": model_spec, "default_dtype": "float64"},
+        **like_batched,
+    )
+
+
+def relax_one_job_each(structures: list, model_spec: str, fmax: float,
+                       steps: int) -> tuple[list[float], float]:
     from jobflow import run_locally
+    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    maker = ForceFieldRelaxMaker(force_field_name="CHGNet", steps=steps,
-                                 relax_kwargs={"fmax": fmax},
-                                 optimizer_kwargs={"optimizer": "FIRE"})
+    maker = atomate2_maker(model_spec, fmax, steps)
     run_locally(maker.make(structures[0]), log=False)  # load weights before timing
     energies = []
     start = time.process_time()
-    for structure in tqdm(structures, desc="atomate2 one job each"):
-        job = maker.make(structure)
-        out = run_locally(job, log=False, ensure_success=True)
-        doc = out[job.uuid][1].output
-        energies.append(doc.output.energy / len(structure))
+    # BatchRelaxer runs with single-threaded BLAS (its cell filter's 3x3 matrix
+    # functions only contend for threads); the same here keeps the comparison fair.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for structure in tqdm(structures, desc="atomate2 one job each"):
+            job = maker.make(structure)
+            out = run_locally(job, log=False, ensure_success=True)
+            doc = out[job.uuid][1].output
+            energies.append(doc.output.energy / len(structure))
     return energies, time.process_time() - start
+
+
+def model_spec(value: str) -> str:
+    """``"chgnet"`` or the path of an existing MACE ``.model`` file."""
+    if value.lower() == "chgnet":
+        return "chgnet"
+    path = Path(value).expanduser()
+    if path.suffix != ".model" or not path.is_file():
+        raise argparse.ArgumentTypeError(f"not 'chgnet' nor a MACE .model file: {value}")
+    return str(path.resolve())
 
 
 def main() -> None:
@@ -85,15 +128,24 @@ def main() -> None:
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", type=model_spec, default="chgnet",
+                        help="'chgnet' (default) or a path to a MACE .model file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     structures = candidates(args.n, args.seed)
     sizes = [len(s) for s in structures]
     print(f"{len(structures)} structures, {min(sizes)}-{max(sizes)} atoms "
-          f"(mean {np.mean(sizes):.1f}); fmax {args.fmax} eV/Å, {args.steps} steps")
-    batched, t_batched = relax_batched(structures, args.fmax, args.steps)
-    single, t_single = relax_one_job_each(structures, args.fmax, args.steps)
+          f"(mean {np.mean(sizes):.1f}); fmax {args.fmax} eV/Å, {args.steps} steps, "
+          f"FIRE on FrechetCellFilter; {torch.get_num_threads()} torch threads")
+    batched, t_batched = relax_batched(structures, args.model, args.fmax, args.steps)
+    single, t_single = relax_one_job_each(structures, args.model, args.fmax, args.steps)
     diff = 1000 * np.abs(np.array(batched) - np.array(single))
     print(f"batched:            {len(structures) / t_batched:.3f} structures per CPU-second "
           f"({t_batched:.0f} CPU-s)")

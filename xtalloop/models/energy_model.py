@@ -2,9 +2,10 @@
 
 An :class:`EnergyModel` declares a ``name`` and ``version`` and has one override
 point, :meth:`EnergyModel.predict`, which takes a list of ASE ``Atoms`` and
-returns one :class:`Prediction` each. Models that can batch (CHGNet) evaluate
-the whole list in a few forward passes; any ASE calculator (EMT, a MACE model
-file) is wrapped by :class:`AseCalculatorModel`, which evaluates one at a time.
+returns one :class:`Prediction` each. Models that can batch (CHGNet, MACE model
+files in :mod:`xtalloop.models.mace_model`) evaluate the whole list in a few
+forward passes; any other ASE calculator (EMT) is wrapped by
+:class:`AseCalculatorModel`, which evaluates one at a time.
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """Energy (eV), forces (eV/Å, n×3) and stress (eV/Å³, Voigt 6, ASE sign)."""
+    """Energy (eV), forces (eV/Å, n×3) and stress (eV/Å³, Voigt 6, ASE sign).
+
+    ``energy_std`` is the standard deviation (eV) of an ensemble's member total
+    energies, or None for a single model.
+    """
 
     energy: float
     forces: np.ndarray
     stress: np.ndarray
+    energy_std: float | None = None
 
 
 class EnergyModel(ABC):
@@ -160,38 +166,27 @@ class AseCalculatorModel(EnergyModel):
         return self._calc
 
 
-def _mace_model(path: Path, device: str) -> EnergyModel:
-    import mace  # noqa: F401  (sets torch's weights-only default before e3nn loads)
-    from mace.calculators import MACECalculator
-
-    def factory() -> Calculator:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return MACECalculator(model_paths=str(path), device=device, default_dtype="float64")
-
-    import hashlib
-
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return AseCalculatorModel(factory, name="mace", version=f"{path.name} sha256:{digest}")
-
-
 @functools.lru_cache(maxsize=4)
 def load_energy_model(spec: str, device: str = "cpu") -> EnergyModel:
-    """Load an energy model by name or file path (cached per process).
+    """Load an energy model by name or path (cached per process).
 
     Parameters
     ----------
     spec
         ``"chgnet"`` (pretrained, offline), ``"emt"`` (ASE's effective-medium
-        theory, for tests), or a path to a MACE model file (``*.model``).
+        theory, for tests), a path to a MACE model file (``*.model``), or a
+        directory whose ``*.model`` files form a MACE ensemble.
     device
         Torch device for neural-network models.
 
     Raises
     ------
     XtalloopError
-        If the name is unknown or the file does not exist.
+        If the name is unknown, a model file is missing or not a MACE model,
+        or the directory holds no ``*.model`` file.
     """
+    from xtalloop.models.mace_model import MaceModel
+
     key = spec.strip()
     if key.lower() == "chgnet":
         return CHGNetModel(device=device)
@@ -201,10 +196,14 @@ def load_energy_model(spec: str, device: str = "cpu") -> EnergyModel:
 
         return AseCalculatorModel(EMT, name="emt", version=f"ase {ase.__version__}")
     path = Path(key).expanduser()
+    if path.is_dir():
+        members = sorted(path.glob("*.model"))
+        if not members:
+            raise XtalloopError(f"no MACE *.model files in directory {path}")
+        return MaceModel(members, device=device)
     if path.suffix in {".model", ".pt", ".pth"}:
-        if not path.is_file():
-            raise XtalloopError(f"energy model file not found: {path}")
-        return _mace_model(path, device)
+        return MaceModel([path], device=device)
     raise XtalloopError(
-        f"unknown energy model {spec!r}: use 'chgnet', 'emt' or a path to a MACE .model file"
+        f"unknown energy model {spec!r}: use 'chgnet', 'emt', a MACE .model file "
+        "or a directory of them"
     )

@@ -1,0 +1,225 @@
+"""Batched MACE inference agrees with mace's own ASE calculator, one structure at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.filters import FrechetCellFilter
+from ase.optimize import FIRE
+from threadpoolctl import threadpool_limits
+
+import xtalloop.models.mace_model as mace_model
+from xtalloop.errors import XtalloopError
+from xtalloop.models.energy_model import load_energy_model
+from xtalloop.models.mace_model import MaceModel
+from xtalloop.rankers.batch_relax import BatchRelaxer
+
+ELEMENTS = [8, 11, 12, 17]  # O, Na, Mg, Cl
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_mace(seed: int):
+    """A randomly initialised two-layer MACE over O, Na, Mg and Cl (float64)."""
+    import mace  # noqa: F401  (before e3nn: sets torch's weights-only default)
+    import torch
+    from e3nn import o3
+    from mace import modules
+    from mace.tools import torch_tools
+
+    interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    torch.manual_seed(seed)
+    with torch_tools.default_dtype("float64"):
+        model = modules.ScaleShiftMACE(
+            r_max=4.0,
+            num_bessel=8,
+            num_polynomial_cutoff=5,
+            max_ell=2,
+            interaction_cls=interaction,
+            interaction_cls_first=interaction,
+            num_interactions=2,
+            num_elements=len(ELEMENTS),
+            hidden_irreps=o3.Irreps("8x0e"),
+            MLP_irreps=o3.Irreps("8x0e"),
+            gate=torch.nn.functional.silu,
+            atomic_energies=np.array([-4.0, -1.0, -2.0, -3.0]),
+            avg_num_neighbors=8.0,
+            atomic_numbers=ELEMENTS,
+            correlation=2,
+            # Random weights at scale 1 give forces of ~0.01 eV/Å, below any
+            # useful fmax; scale 10 makes the relaxations take tens of steps.
+            atomic_inter_scale=10.0,
+            atomic_inter_shift=0.0,
+        )
+    return model.double()
+
+
+def perturbed(model, seed: int):
+    """A copy of ``model`` with noise on every weight: an ensemble member in a
+    fraction of the time that building another model takes."""
+    import copy
+
+    import torch
+
+    member = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in member.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return member
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """One model file, and a directory holding a three-member ensemble."""
+    import torch
+
+    root = tmp_path_factory.mktemp("mace")
+    single = root / "tiny.model"
+    model = tiny_mace(0)
+    torch.save(model, single)
+    ensemble = root / "ensemble"
+    ensemble.mkdir()
+    for seed in (1, 2, 3):
+        torch.save(perturbed(model, seed), ensemble / f"member{seed}.model")
+    return {"single": single, "ensemble": ensemble}
+
+
+def mace_calculator(path: Path):
+    """mace's own ASE calculator: the reference, one structure per call."""
+    from mace.calculators import MACECalculator
+
+    return MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+
+
+def structures() -> list[Atoms]:
+    """Six NaCl/MgO-like cells of 2 to 8 atoms: rattled, strained, mixed."""
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    mgo_strained = bulk("MgO", "rocksalt", a=4.21)
+    mgo_strained.set_cell(mgo_strained.cell[:] @ np.diag([1.04, 0.98, 1.0]), scale_atoms=True)
+    nacl_rattled = bulk("NaCl", "rocksalt", a=5.5, cubic=True)
+    nacl_rattled.rattle(0.1, seed=1)
+    mgo_cubic = bulk("MgO", "rocksalt", a=4.3, cubic=True)
+    mgo_cubic.set_cell(mgo_cubic.cell[:] @ [[1, 0.05, 0], [0, 0.97, 0], [0, 0, 1.02]],
+                       scale_atoms=True)
+    mgo_cubic.rattle(0.08, seed=2)
+    nacl_pair = bulk("NaCl", "rocksalt", a=5.6).repeat((2, 1, 1))
+    nacl_pair.rattle(0.1, seed=3)
+    mixed = bulk("NaCl", "rocksalt", a=5.2, cubic=True)
+    mixed.symbols[[0, 1]] = ["Mg", "O"]
+    mixed.rattle(0.1, seed=4)
+    return [nacl, mgo_strained, nacl_rattled, mgo_cubic, nacl_pair, mixed]
+
+
+def reference(atoms: Atoms, calculator) -> tuple[float, np.ndarray, np.ndarray]:
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+
+
+def assert_matches_calculator(predictions, cells, calculator) -> None:
+    assert len(predictions) == len(cells)
+    for pred, atoms in zip(predictions, cells, strict=True):
+        energy, forces, stress = reference(atoms, calculator)
+        assert pred.energy == pytest.approx(energy, abs=1e-6)
+        assert pred.forces.shape == (len(atoms), 3)
+        assert np.allclose(pred.forces, forces, atol=1e-6, rtol=0)
+        assert pred.stress.shape == (6,)
+        assert np.allclose(pred.stress, stress, atol=1e-6, rtol=0)
+
+
+def test_one_batch_matches_mace_calculator_one_at_a_time(model_files):
+    model = MaceModel([model_files["single"]])
+    cells = structures()
+    predictions = model.predict(cells)
+    assert_matches_calculator(predictions, cells, mace_calculator(model_files["single"]))
+    assert all(p.energy_std is None for p in predictions)
+    assert model.name == "mace"
+    assert model.version.startswith("tiny.model sha256:")
+    assert model.predict([]) == []
+
+
+def test_small_batches_give_the_same_results(model_files, monkeypatch):
+    passes = []
+    evaluate = mace_model._evaluate
+
+    def counting(model, batch):
+        passes.append(int(batch["ptr"].numel()) - 1)
+        return evaluate(model, batch)
+
+    monkeypatch.setattr(mace_model, "_evaluate", counting)
+    cells = structures()
+    whole = MaceModel([model_files["single"]]).predict(cells)
+    passes.clear()
+    chunked = MaceModel([model_files["single"]], max_atoms_per_batch=9).predict(cells)
+    assert len(passes) > 2 and sum(passes) == len(cells)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.energy == pytest.approx(b.energy, abs=1e-9)
+        assert np.allclose(a.forces, b.forces, atol=1e-9, rtol=0)
+        assert np.allclose(a.stress, b.stress, atol=1e-9, rtol=0)
+
+
+def test_ensemble_directory_averages_members_and_reports_spread(model_files):
+    members = sorted(model_files["ensemble"].glob("*.model"))
+    model = load_energy_model(str(model_files["ensemble"]))
+    assert isinstance(model, MaceModel)
+    assert model.name == "mace-ensemble"
+    assert all(m.name in model.version for m in members)
+    cells = structures()
+    predictions = model.predict(cells)
+    calculators = [mace_calculator(m) for m in members]
+    for pred, atoms in zip(predictions, cells, strict=True):
+        energies = [reference(atoms, calculator)[0] for calculator in calculators]
+        assert pred.energy == pytest.approx(np.mean(energies), abs=1e-6)
+        assert pred.energy_std == pytest.approx(np.std(energies), abs=1e-6)
+        assert pred.energy_std > 0
+    committee = mace_calculator(model_files["ensemble"] / "*.model")  # mace globs the path
+    assert_matches_calculator(predictions, cells, committee)
+
+
+def test_batched_relaxation_matches_ase_fire_with_mace_calculator(model_files):
+    cells = [structures()[i] for i in (2, 4, 5)]  # rattled, 4 to 8 atoms
+    batched = BatchRelaxer(
+        MaceModel([model_files["single"]]), fmax=0.05, steps=100, progress=False
+    ).relax(cells)
+    calculator = mace_calculator(model_files["single"])
+    for atoms, result in zip(cells, batched, strict=True):
+        alone = atoms.copy()
+        alone.calc = calculator
+        with threadpool_limits(limits=1, user_api="blas"):  # as BatchRelaxer: much faster
+            converged = FIRE(FrechetCellFilter(alone), logfile=None).run(fmax=0.05, steps=100)
+        assert result.n_steps > 5
+        assert result.converged == converged
+        per_atom = (result.energy - alone.get_potential_energy()) / len(atoms)
+        assert abs(per_atom) < 1e-3
+
+
+def test_load_energy_model_reads_a_single_model_file(model_files):
+    model = load_energy_model(str(model_files["single"]))
+    assert isinstance(model, MaceModel) and model.name == "mace"
+
+
+def test_unknown_element_names_element_and_model(model_files):
+    model = MaceModel([model_files["single"]])
+    with pytest.raises(XtalloopError, match=r"tiny\.model.*Fe") as err:
+        model.predict([bulk("NaCl", "rocksalt", a=5.6), bulk("Fe", "bcc", a=2.87)])
+    assert "\n" not in str(err.value)
+
+
+def test_missing_or_invalid_files_are_reported_in_one_line(tmp_path):
+    not_a_model = tmp_path / "junk.model"
+    not_a_model.write_text("not a model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for spec, message in [
+        (tmp_path / "missing.model", "not found"),
+        (not_a_model, "not a MACE model"),
+        (empty, "no MACE"),
+    ]:
+        with pytest.raises(XtalloopError, match=message) as err:
+            load_energy_model(str(spec))
+        assert "\n" not in str(err.value)

@@ -1,0 +1,215 @@
+"""MACE models evaluated on many structures per forward pass.
+
+:class:`MaceModel` turns every structure into a MACE graph with mace's own data
+utilities, collates the graphs into batches of at most ``max_atoms_per_batch``
+atoms and runs one forward pass per batch, so a batched relaxation costs one
+model call per optimiser step instead of one per structure. Several model files
+form an ensemble (a committee): predictions are the members' mean, and the
+spread of their energies is reported as :attr:`Prediction.energy_std`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from xtalloop.errors import XtalloopError
+from xtalloop.models.energy_model import EnergyModel, Prediction
+
+if TYPE_CHECKING:
+    import torch
+    from ase import Atoms
+    from mace.data import AtomicData
+    from mace.tools.torch_geometric.batch import Batch
+
+
+class MaceModel(EnergyModel):
+    """One MACE model file, or an ensemble of several, evaluated in batches.
+
+    Parameters
+    ----------
+    paths
+        MACE model files (``torch.save`` of a whole model, as written by
+        ``mace_run_train``). More than one makes an ensemble; its members must
+        share the cutoff radius and the element table.
+    device
+        Torch device (``"cpu"`` or ``"cuda"``).
+    max_atoms_per_batch
+        Most atoms in one forward pass; a larger structure goes in a pass alone.
+
+    Raises
+    ------
+    XtalloopError
+        If no file is given, a file is missing or is not a MACE model, the
+        members of an ensemble disagree on cutoff or elements, or a model has
+        several heads and none named ``default``.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        device: str = "cpu",
+        max_atoms_per_batch: int = 4000,
+    ) -> None:
+        from mace.tools.utils import AtomicNumberTable
+
+        self._paths = [Path(p).expanduser() for p in paths]
+        if not self._paths:
+            raise XtalloopError("no MACE model files given")
+        self._models = [_load(path, device) for path in self._paths]
+        self._r_max, zs = _shared_graph_settings(self._models, self._paths)
+        self._z_table = AtomicNumberTable(list(zs))
+        self._heads = list(getattr(self._models[0], "heads", ["Default"]))
+        self._head = _default_head(self._heads, self._paths[0])
+        self.device = device
+        self.max_atoms_per_batch = max_atoms_per_batch
+        self.name = "mace" if len(self._paths) == 1 else "mace-ensemble"
+        self.version = ", ".join(f"{p.name} sha256:{_digest(p)}" for p in self._paths)
+
+    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
+        """Energies, forces and stresses of all structures, in order.
+
+        With an ensemble, each quantity is the mean over the members and
+        ``energy_std`` is the population standard deviation (as in mace's
+        ``energy_var``) of their total energies.
+
+        Raises
+        ------
+        XtalloopError
+            If a structure holds an element the model was not trained on.
+        """
+        self._check_elements(atoms)
+        out: list[Prediction] = []
+        for chunk in _chunks(atoms, self.max_atoms_per_batch):
+            out += self._predict_chunk(chunk)
+        return out
+
+    def _check_elements(self, atoms: list[Atoms]) -> None:
+        present = {int(z) for a in atoms for z in a.numbers}
+        missing = sorted(present - set(self._z_table.zs))
+        if missing:
+            names = ", ".join(chemical_symbols[z] for z in missing)
+            raise XtalloopError(
+                f"MACE model {self._paths[0]} has no parameters for element(s) {names}"
+            )
+
+    def _predict_chunk(self, atoms: list[Atoms]) -> list[Prediction]:
+        from mace.tools.torch_geometric.batch import Batch
+
+        batch = Batch.from_data_list([self._graph(a) for a in atoms]).to(self.device)
+        energies, forces, stresses = zip(*(_evaluate(m, batch) for m in self._models))
+        energy = np.mean(energies, axis=0)
+        energy_std = np.std(energies, axis=0) if len(self._models) > 1 else None
+        force = np.mean(forces, axis=0)
+        stress = np.mean(stresses, axis=0)
+        ptr = batch["ptr"].cpu().numpy()
+        return [
+            Prediction(
+                energy=float(energy[i]),
+                forces=force[ptr[i] : ptr[i + 1]],
+                stress=full_3x3_to_voigt_6_stress(stress[i]),
+                energy_std=None if energy_std is None else float(energy_std[i]),
+            )
+            for i in range(len(atoms))
+        ]
+
+    def _graph(self, atoms: Atoms) -> AtomicData:
+        from mace import data
+        from mace.tools import torch_tools
+
+        with torch_tools.default_dtype("float64"):
+            config = data.config_from_atoms(
+                atoms, key_specification=data.KeySpecification(), head_name=self._head
+            )
+            return data.AtomicData.from_config(
+                config,
+                z_table=self._z_table,
+                cutoff=self._r_max,
+                heads=self._heads,
+            )
+
+
+def _load(path: Path, device: str) -> torch.nn.Module:
+    """Read one MACE model file as a float64 model in evaluation mode."""
+    import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn/torch.load)
+    import torch
+
+    if not path.is_file():
+        raise XtalloopError(f"MACE model file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.load(path, map_location=device)
+    except Exception as exc:  # torch.load raises many kinds for a non-model file
+        raise XtalloopError(f"{path} is not a MACE model file ({type(exc).__name__})") from exc
+    if not (
+        isinstance(model, torch.nn.Module)
+        and hasattr(model, "r_max")
+        and hasattr(model, "atomic_numbers")
+    ):
+        raise XtalloopError(f"{path} is not a MACE model file ({type(model).__name__})")
+    model = model.double().eval()
+    for param in model.parameters():
+        param.requires_grad = False  # forces and stress need gradients wrt inputs only
+    return model
+
+
+def _shared_graph_settings(
+    models: list[torch.nn.Module], paths: list[Path]
+) -> tuple[float, tuple[int, ...]]:
+    """Cutoff radius and atomic numbers, which every member must share."""
+    settings = [
+        (float(m.r_max), tuple(int(z) for z in m.atomic_numbers)) for m in models
+    ]
+    for path, setting in zip(paths[1:], settings[1:]):
+        if setting != settings[0]:
+            raise XtalloopError(
+                f"MACE ensemble members {paths[0].name} and {path.name} differ in "
+                "cutoff radius or elements"
+            )
+    return settings[0]
+
+
+def _default_head(heads: list[str], path: Path) -> str:
+    """The only head, or the one named ``default`` (as mace's ASE calculator picks)."""
+    if len(heads) == 1:
+        return heads[0]
+    for head in heads:
+        if head.lower() == "default":
+            return head
+    raise XtalloopError(
+        f"MACE model {path} has heads {', '.join(heads)} and none is named 'default'"
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _chunks(atoms: list[Atoms], max_atoms: int) -> Iterator[list[Atoms]]:
+    """Consecutive runs of structures holding at most ``max_atoms`` atoms together."""
+    chunk: list[Atoms] = []
+    size = 0
+    for a in atoms:
+        if chunk and size + len(a) > max_atoms:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(a)
+        size += len(a)
+    if chunk:
+        yield chunk
+
+
+def _evaluate(
+    model: torch.nn.Module, batch: Batch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Energy per graph (eV), forces per atom (eV/Å) and stress per graph (eV/Å³, 3×3)."""
+    out = model(batch.to_dict(), compute_stress=True, training=False)
+    return tuple(out[key].detach().cpu().numpy() for key in ("energy", "forces", "stress"))
