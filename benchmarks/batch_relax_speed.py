@@ -41,14 +41,14 @@ if TYPE_CHECKING:
 COMPOSITIONS = ["NaCl", "MgO", "GaAs", "Si", "ZnS", "TiO2", "Li3PS4", "BaTiO3", "CaF2", "AlN"]
 
 
-def candidates(n: int, seed: int) -> list:
-    """``n`` random symmetric structures of 4 to 20 atoms over :data:`COMPOSITIONS`."""
+def candidates(n: int, seed: int, compositions: list[str] = COMPOSITIONS) -> list:
+    """``n`` random symmetric structures of 4 to 20 atoms over ``compositions``."""
     from xtalloop.generators import RandomSymmetricGenerator
 
     generator = RandomSymmetricGenerator(max_atoms=20, formula_units=(1, 2, 4, 8))
-    per = -(-n // len(COMPOSITIONS))
+    per = -(-n // len(compositions))
     pool = []
-    for i, formula in enumerate(COMPOSITIONS):
+    for i, formula in enumerate(compositions):
         made = generator.generate(Composition(formula), 3 * per, seed + i)
         pool += [c.structure for c in made if 4 <= len(c.structure) <= 20][:per]
     return pool[:n]
@@ -125,6 +125,8 @@ def model_spec(value: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--compositions", default=",".join(COMPOSITIONS),
+                        help="comma-separated formulas (their elements must be in the model)")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -139,7 +141,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    structures = candidates(args.n, args.seed)
+    structures = candidates(args.n, args.seed, args.compositions.split(","))
     sizes = [len(s) for s in structures]
     print(f"{len(structures)} structures, {min(sizes)}-{max(sizes)} atoms "
           f"(mean {np.mean(sizes):.1f}); fmax {args.fmax} eV/Å, {args.steps} steps, "

@@ -61,7 +61,7 @@ class EmtRelaxAsDftMaker(GpawRelaxMaker):
     name: str = "EMT relax"
     progress: bool = False
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         from ase.calculators.emt import EMT
 
         return EMT()
@@ -84,11 +84,11 @@ FLAG_ENV = "XTALLOOP_TEST_FAIL_FLAG"
 class FlakyEmtMaker(EmtRelaxAsDftMaker):
     """EMT "DFT" that fails for CuAu while the file named by $XTALLOOP_TEST_FAIL_FLAG exists."""
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         flag = os.environ.get(FLAG_ENV)
         if structure.composition.reduced_formula == "CuAu" and flag and Path(flag).exists():
             raise RuntimeError("SCF did not converge in 100 iterations")
-        return super()._calculator_for(structure, remedy)
+        return super().calculator_for(structure, remedy)
 
 
 @pytest.fixture

@@ -49,10 +49,10 @@ class HardScfMaker(EmtRelaxAsDftMaker):
 
     converges_with: str | None = "mixing-0.02"
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         if self.converges_with is None or remedy is None or remedy["name"] != self.converges_with:
             return NonConvergingScf()
-        return super()._calculator_for(structure, remedy)
+        return super().calculator_for(structure, remedy)
 
 
 def test_scf_failure_is_retried_with_gentler_mixing_and_recorded(tmp_path, store_config):
@@ -69,10 +69,10 @@ def test_scf_failure_is_retried_with_gentler_mixing_and_recorded(tmp_path, store
 class NeverForCuAu(HardScfMaker):
     """SCF of CuAu never converges; everything else is EMT."""
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         if structure.composition.reduced_formula == "CuAu":
             return NonConvergingScf()
-        return EmtRelaxAsDftMaker._calculator_for(self, structure, remedy)
+        return EmtRelaxAsDftMaker.calculator_for(self, structure, remedy)
 
 
 def test_scf_that_never_converges_fails_the_pick_not_the_round(tmp_path):
@@ -99,11 +99,11 @@ class FailsOnceForCuAu(EmtRelaxAsDftMaker):
 
     marker: str = ""
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         if structure.composition.reduced_formula == "CuAu" and not Path(self.marker).exists():
             Path(self.marker).touch()
             raise RuntimeError("job killed: walltime limit reached")
-        return super()._calculator_for(structure, remedy)
+        return super().calculator_for(structure, remedy)
 
 
 @pytest.mark.parametrize("replace_failed", [True, False])
@@ -173,7 +173,7 @@ class DyingEmt(EMT):
 class KilledMidRelaxMaker(EmtRelaxAsDftMaker):
     """EMT "DFT" whose process is killed at its 5th ionic step while the kill flag exists."""
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         return DyingEmt(after=5)
 
 

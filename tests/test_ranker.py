@@ -67,3 +67,45 @@ def test_energy_above_hull_against_elemental_references():
     assert values[1] == pytest.approx(0.2)
     # NaCl2 between NaCl (-2.5 at x=1/2) and Cl (-2 at x=1): hull at x=2/3 is -2.333
     assert values[2] == pytest.approx(-1.0 + 2.5 - 1 / 6, abs=1e-6)
+
+
+class _UncertainEmt:
+    """EMT with an "ensemble spread" that grows with the cell volume per atom."""
+
+    name, version = "emt-ensemble", "test"
+
+    def __init__(self):
+        from xtalloop.models.energy_model import load_energy_model
+
+        self._emt = load_energy_model("emt")
+        self.identity = {"name": self.name, "version": self.version}
+
+    def predict(self, atoms):
+        predictions = self._emt.predict(atoms)
+        for a, p in zip(atoms, predictions):
+            p.energy_std = 0.5 * len(a) * (a.get_volume() / len(a) - 10.0)
+        return predictions
+
+
+class _UncertainRanker(MLRanker):
+    @property
+    def energy_model(self):
+        return _UncertainEmt()
+
+
+def test_explore_weight_trades_energy_for_ensemble_spread():
+    cubic = [([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], 3.6),  # fcc
+             ([[0, 0, 0], [0.5, 0.5, 0.5]], 2.9),  # bcc
+             ([[0, 0, 0]], 2.4)]  # simple cubic
+    polymorphs = [Candidate(Structure(Lattice.cubic(a), ["Cu"] * len(sites), sites), "test", 0, i)
+                  for i, (sites, a) in enumerate(cubic)]
+    exploit = _UncertainRanker(model="emt", top_k=3, progress=False).rank(
+        Composition("Cu"), polymorphs)
+    explore = _UncertainRanker(model="emt", top_k=3, explore_weight=10.0, progress=False).rank(
+        Composition("Cu"), polymorphs)
+    assert len(exploit.picks) == 3 and all(p.energy_std_per_atom for p in exploit.picks)
+    energies = [p.energy_per_atom for p in exploit.picks]
+    assert energies == sorted(energies)
+    spreads = [p.energy_std_per_atom for p in explore.picks]
+    assert spreads == sorted(spreads, reverse=True)
+    assert [p.energy_per_atom for p in explore.picks] != energies

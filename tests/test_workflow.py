@@ -89,10 +89,10 @@ def test_rerun_does_not_duplicate_validated_structures(tmp_path, emt_dft_maker):
 class Exploding(EmtRelaxAsDftMaker):
     """EMT "DFT" whose CuAu calculation raises (importable: jobs carry their maker)."""
 
-    def _calculator_for(self, structure, remedy=None):
+    def calculator_for(self, structure, remedy=None):
         if structure.composition.reduced_formula == "CuAu":
             raise RuntimeError("SCF did not converge")
-        return super()._calculator_for(structure, remedy)
+        return super().calculator_for(structure, remedy)
 
 
 def test_failed_dft_job_does_not_stop_the_composition(tmp_path, emt_dft_maker):

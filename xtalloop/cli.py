@@ -17,6 +17,7 @@ from xtalloop.cli_db import (
 )
 from xtalloop.cli_errors import user_errors
 from xtalloop.cli_generator import generator_app
+from xtalloop.cli_model import model_app
 from xtalloop.cli_hpc import rerun_failed, status, submit
 from xtalloop.errors import XtalloopError
 
@@ -107,6 +108,10 @@ def run(
             typer.echo(f"failed: {comp['formula']}: {comp['error']}")
     for message in result.failed_jobs:
         typer.echo(f"job failed: {message}")
+    if result.energy_model:
+        from xtalloop.cli_model import learning_line
+
+        typer.echo(learning_line(result.energy_model))
     typer.echo(f"run folder: {result.run_dir} (CIFs in cifs/, funnel.png, summary.json)")
     if not rows:
         raise typer.Exit(1)
@@ -181,6 +186,8 @@ app.add_typer(generator_app, name="generator",
               help="Train, fine-tune and sample the diffusion generator.")
 app.add_typer(benchmark_app, name="benchmark", help="Benchmarks: CSP match rate of generators.")
 app.add_typer(db_app, name="db", help="The results database: counts of what is stored.")
+app.add_typer(model_app, name="model",
+              help="Energy models trained on the store's DFT data: list them, train one now.")
 app.command()(export)
 app.command()(submit)
 app.command()(status)

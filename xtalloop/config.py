@@ -85,28 +85,83 @@ class GenerateConfig(_Section):
         return value
 
 
-class PrefilterConfig(_Section):
-    """ML relaxation, deduplication and hull ranking."""
+def _check_model_spec(value: str, registry: bool) -> str:
+    if value in ("chgnet", "emt") or (registry and value == "registry"):
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir() and any(path.glob("*.model")):
+        return value  # an ensemble: one MACE model file per member
+    if not value.endswith(".model"):
+        also = "'registry', " if registry else ""
+        raise ValueError(f"unknown model {value!r}: use 'chgnet', 'emt', {also}a MACE .model "
+                         "file or a folder of them (an ensemble)")
+    if not path.is_file():
+        raise ValueError(f"MACE model file {value!r} does not exist")
+    return value
 
-    model: str = Field("chgnet", description="'chgnet', 'emt' or a MACE model file path")
+
+class PrefilterConfig(_Section):
+    """ML relaxation, deduplication and hull ranking.
+
+    ``model: registry`` uses the newest model the loop trained and promoted
+    (see ``learn``), and ``base_model`` until there is one. With an ensemble
+    model, ``explore_weight`` trades low energy against high uncertainty: the
+    picks are the lowest ``energy - explore_weight * spread`` (both
+    eV/atom); 0 is pure exploitation.
+    """
+
+    model: str = Field("chgnet", description="'chgnet', 'emt', 'registry', a MACE model file "
+                       "or a folder of MACE model files (an ensemble)")
+    base_model: str = Field("chgnet", description="used by model: registry until the "
+                            "registry has a promoted model")
     device: str = "cpu"
     fmax: float = Field(0.05, gt=0)
     steps: int = Field(300, ge=1)
     top_k: int = Field(2, ge=1)
     max_e_above_hull: float | None = Field(None, ge=0)
+    explore_weight: float = Field(0.0, ge=0, description="0: exploit; larger: explore")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value in ("chgnet", "emt"):
-            return value
-        if not value.endswith(".model"):
-            raise ValueError(
-                f"unknown model {value!r}: use 'chgnet', 'emt' or a path to a MACE .model file"
-            )
-        if not Path(value).expanduser().is_file():
-            raise ValueError(f"MACE model file {value!r} does not exist")
-        return value
+        return _check_model_spec(value, registry=True)
+
+    @field_validator("base_model")
+    @classmethod
+    def _known_base_model(cls, value: str) -> str:
+        return _check_model_spec(value, registry=False)
+
+
+class EnergyModelLearning(_Section):
+    """Train MACE on the store's DFT data after each run; promote it if it beats its parent.
+
+    The parent is the prefilter's model. A MACE parent that knows every
+    element is fine-tuned; otherwise (CHGNet, new elements) the ensemble
+    trains from scratch. The new model is tested against the parent on
+    held-out structures (a fixed ``holdout_fraction`` of them, by a hash of
+    their ids) and promoted only if its energy error is lower; ``prefilter:
+    {model: registry}`` then uses it in the next run.
+    """
+
+    enabled: bool = False
+    ensemble_size: int = Field(3, ge=1, description="models, different seeds and resamples")
+    epochs: int = Field(60, ge=1)
+    num_channels: int = Field(32, ge=1)
+    max_L: int = Field(0, ge=0, le=2)
+    r_max: float = Field(5.0, gt=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(4, ge=1)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    max_frames_per_relaxation: int = Field(8, ge=1)
+    min_structures: int = Field(4, ge=1, description="skip training with fewer DFT structures")
+    seed: int = 0
+    device: str = "cpu"
+
+
+class LearnConfig(_Section):
+    """What the loop learns from its DFT results."""
+
+    energy_model: EnergyModelLearning = EnergyModelLearning()
 
 
 class VaspSettings(_Section):
@@ -270,6 +325,7 @@ class RunConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     prefilter: PrefilterConfig = PrefilterConfig()
     dft: DFTConfig = DFTConfig()
+    learn: LearnConfig = LearnConfig()
     store: StoreConfig = StoreConfig()
     submit: SubmitConfig = SubmitConfig()
     output_dir: str = "runs"

@@ -72,3 +72,45 @@ def plot_funnel(compositions: list[dict[str, Any]], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_learning_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Energy and force errors, and the hull decision's F1, vs training structures.
+
+    Parameters
+    ----------
+    rows
+        One dict per model: ``n_train_structures``, ``energy_mae`` (meV/atom),
+        ``force_mae`` (meV/Å), ``f1``; a row with 0 training structures (a
+        pretrained model) is drawn as a horizontal reference line.
+    path
+        PNG file to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = sorted((r for r in rows if r["n_train_structures"]),
+                     key=lambda r: r["n_train_structures"])
+    baselines = [r for r in rows if not r["n_train_structures"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, label in zip(axes, ("energy_mae", "force_mae", "f1"),
+                              ("energy MAE (meV/atom)", "force MAE (meV/Å)",
+                               "hull decision F1 (stable ≤ 0.1 eV/atom)"), strict=True):
+        points = [(r["n_train_structures"], r[key]) for r in trained if r[key] is not None]
+        if points:
+            ax.plot(*zip(*points), "o-", label=trained[0]["model"])
+        for base in baselines:
+            if base[key] is not None:
+                ax.axhline(base[key], color="grey", ls="--", label=base["model"])
+        ax.set_xlabel("DFT structures in training")
+        ax.set_ylabel(label)
+        if key != "f1":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle("Energy model vs held-out DFT data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jobflow import run_locally
+from jobflow import Job, run_locally
 from monty.json import MontyEncoder
 from pymatgen.core import Structure
 
@@ -31,6 +31,8 @@ class RunResult:
     run_dir: Path
     compositions: list[dict[str, Any]]
     failed_jobs: list[str] = field(default_factory=list)
+    energy_model: dict[str, Any] | None = None
+    """What the learning job did (``learn.energy_model.enabled``), else ``None``."""
 
     @property
     def validated(self) -> list[dict[str, Any]]:
@@ -82,9 +84,13 @@ def execute(
     failed_jobs = failures.messages
 
     compositions = []
+    learning = None
     store.connect()
     try:
         for composition_flow in flow:
+            if isinstance(composition_flow, Job):  # the energy-model training job
+                learning = _output_or_none(store, composition_flow.uuid)
+                continue
             formula = composition_flow.name.split(" ", 1)[1]
             validate_uuid = composition_flow.jobs[-1].uuid
             try:
@@ -97,7 +103,7 @@ def execute(
     finally:
         store.close()
 
-    result = RunResult(run_id, run_dir, compositions, failed_jobs)
+    result = RunResult(run_id, run_dir, compositions, failed_jobs, learning)
     write_run_folder(result)
     with open_results(config.store) as db:
         db.save_run({"id": run_id, "name": config.name, "finished_at": now(),
@@ -105,8 +111,18 @@ def execute(
                      "failed_jobs": failed_jobs, "config": config.redacted_dump(),
                      "run_dir": str(run_dir),
                      "funnel": {c["formula"]: c.get("funnel", {}) for c in compositions},
-                     "validated": [v["uuid"] for v in result.validated]})
+                     "validated": [v["uuid"] for v in result.validated],
+                     "energy_model": learning})
     return result
+
+
+def _output_or_none(store: Any, uuid: str) -> dict[str, Any] | None:
+    """A finished job's output as plain dicts; ``None`` if it did not finish."""
+    try:
+        output = store.get_output(uuid, which="last", load=True)
+    except ValueError:
+        return None
+    return json.loads(json.dumps(output, cls=MontyEncoder))
 
 
 def write_run_folder(result: RunResult) -> None:
@@ -123,6 +139,7 @@ def write_run_folder(result: RunResult) -> None:
     summary = {
         "run_id": result.run_id,
         "failed_jobs": result.failed_jobs,
+        "energy_model": result.energy_model,
         "compositions": [
             {k: v for k, v in c.items() if k != "validated"}
             | {"validated": [{k: v for k, v in row.items() if k != "structure"}

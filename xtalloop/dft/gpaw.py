@@ -183,7 +183,7 @@ class GpawRelaxMaker(AseRelaxMaker):
             "trajectory": trajectory,
         }
 
-    def _calculator_for(self, structure: Structure, remedy: dict[str, Any] | None = None):
+    def calculator_for(self, structure: Structure, remedy: dict[str, Any] | None = None):
         """The GPAW calculator for ``structure``, with an SCF ``remedy`` of :data:`SCF_REMEDIES`."""
         from gpaw import GPAW, PW, Mixer
 
@@ -282,7 +282,7 @@ class GpawRelaxMaker(AseRelaxMaker):
                **optimizer_kwargs: Any) -> AseResult:
         from tqdm.auto import tqdm
 
-        self._calculator = self._calculator_for(mol_or_struct, remedy)
+        self._calculator = self.calculator_for(mol_or_struct, remedy)
         if remedy:
             self.tags = [*(self.tags or []), f"scf-remedy:{remedy['name']}"]
         if is_molecular(mol_or_struct):

@@ -73,6 +73,16 @@ class MaceModel(EnergyModel):
         self.name = "mace" if len(self._paths) == 1 else "mace-ensemble"
         self.version = ", ".join(f"{p.name} sha256:{_digest(p)}" for p in self._paths)
 
+    @property
+    def elements(self) -> set[str]:
+        """The chemical symbols the model has parameters for."""
+        return {chemical_symbols[int(z)] for z in self._z_table.zs}
+
+    @property
+    def paths(self) -> list[Path]:
+        """The model files (one per ensemble member)."""
+        return list(self._paths)
+
     def predict(self, atoms: list[Atoms]) -> list[Prediction]:
         """Energies, forces and stresses of all structures, in order.
 

@@ -30,6 +30,8 @@ class RelaxResult:
     converged: bool
     n_steps: int
     failure: str | None = None
+    energy_std: float | None = None
+    """Spread (eV) of an ensemble model's energies at the final structure."""
 
 
 @dataclass
@@ -143,11 +145,12 @@ class BatchRelaxer:
                 )
                 forces = optimizables[i].get_forces()
                 if np.sqrt((forces**2).sum(axis=1).max()) < self.fmax:
-                    results[i] = RelaxResult(a, energy, True, step)
+                    results[i] = RelaxResult(a, energy, True, step, None, pred.energy_std)
                     bar.update()
                     continue
                 if step == self.steps:
-                    results[i] = RelaxResult(a, energy, False, step, "step limit")
+                    results[i] = RelaxResult(a, energy, False, step, "step limit",
+                                             pred.energy_std)
                     bar.update()
                     continue
                 new = states[i].step(optimizables[i].get_positions(), forces)

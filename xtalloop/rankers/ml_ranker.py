@@ -33,6 +33,8 @@ class RankedCandidate(MSONable):
     space_group_number: int
     n_duplicates: int = 0
     rank: int = 0
+    energy_std_per_atom: float | None = None
+    """An ensemble model's energy spread (eV/atom); ``None`` for a single model."""
 
 
 @dataclass
@@ -86,6 +88,11 @@ class MLRanker:
         Drop picks further than this above the hull (eV/atom); ``None`` keeps all.
     symprec
         Symmetry tolerance (Å) for the symmetrised primitive cells of the picks.
+    explore_weight
+        With an ensemble model, rank by ``energy_per_atom - explore_weight *
+        energy_std_per_atom`` (within one composition, the same order as by
+        energy above the hull): 0 picks the lowest energies (exploit), larger
+        values favour structures the ensemble disagrees on (explore).
     device
         Torch device for the model.
     progress
@@ -98,6 +105,7 @@ class MLRanker:
     top_k: int = 2
     max_e_above_hull: float | None = None
     symprec: float = 0.1
+    explore_weight: float = 0.0
     device: str = "cpu"
     progress: bool = True
     _references: dict[tuple[str, str], ReferencePhase] = field(
@@ -123,6 +131,8 @@ class MLRanker:
             for r, c in zip(results, candidates, strict=True)
             if r.failure in (None, "step limit")
         ]
+        spread = [None if r.energy_std is None else r.energy_std / len(r.atoms)
+                  for r in results if r.failure in (None, "step limit")]
         references = self.reference_phases([el.symbol for el in composition.elements])
         funnel = {"generated": len(candidates), "relaxed": len(relaxed)}
         if not relaxed:
@@ -138,9 +148,14 @@ class MLRanker:
         # group_structures keeps input order inside groups, so each group's first
         # member is its lowest-energy structure.
         index_of = {id(relaxed[i][0]): i for i in order}
+        def score(i: int) -> float:  # lower is picked first
+            if spread[i] is None or not self.explore_weight:
+                return relaxed[i][1]
+            # one composition: energy differences per atom are hull-energy differences
+            return relaxed[i][1] - self.explore_weight * spread[i]
+
         representatives = sorted(
-            ((index_of[id(g[0])], len(g) - 1) for g in groups),
-            key=lambda item: relaxed[item[0]][1],
+            ((index_of[id(g[0])], len(g) - 1) for g in groups), key=lambda item: score(item[0])
         )
         funnel["unique"] = len(representatives)
         picks = []
@@ -159,6 +174,7 @@ class MLRanker:
                     space_group_number=number,
                     n_duplicates=duplicates,
                     rank=len(picks),
+                    energy_std_per_atom=spread[i],
                 )
             )
             if len(picks) == 2 * self.top_k:  # the picks, then as many reserves

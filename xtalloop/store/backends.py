@@ -34,6 +34,8 @@ INDEXES: dict[str, tuple[str, ...]] = {
     "references": ("key", "element", "settings_key"),
     "runs": ("id", "status"),
     "checkpoints": ("job_uuid",),
+    "models": ("model_id", "promoted", "settings_key"),
+    "model_files": ("key", "model_id"),
 }
 
 

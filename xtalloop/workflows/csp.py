@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobflow import Flow, Maker
+from jobflow import Flow, Job, Maker, OnMissing
 
 from xtalloop.config import RunConfig
 from xtalloop.dft.factory import dft_maker
 from xtalloop.dft.result import DftMaker
+from xtalloop.learn.mace_training import MaceTrainer
 from xtalloop.workflows.generate import GenerateMaker
+from xtalloop.workflows.learn import EnergyModelTrainingMaker
 from xtalloop.workflows.prefilter import PrefilterMaker
 from xtalloop.workflows.validate import ValidateMaker
 
@@ -64,10 +66,7 @@ def csp_flow_maker(
         Replaces the DFT maker the ``dft`` section describes.
     """
     dft = config.dft
-    # jobs run inside their own folders: pin the store to an absolute path;
-    # no password travels with the jobs (only where to read it)
-    store = config.store.model_copy(
-        update={"path": str(config.store.resolved_path)}).redacted_dump()
+    store = _job_store_settings(config)
     return CSPFlowMaker(
         generate_maker=GenerateMaker(
             sources=[s.model_dump() for s in config.generate.sources],
@@ -75,10 +74,11 @@ def csp_flow_maker(
             progress=progress,
         ),
         prefilter_maker=PrefilterMaker(
-            model=config.prefilter.model, device=config.prefilter.device,
+            model=config.prefilter.model, base_model=config.prefilter.base_model,
+            device=config.prefilter.device,
             fmax=config.prefilter.fmax, steps=config.prefilter.steps,
             top_k=config.prefilter.top_k, max_e_above_hull=config.prefilter.max_e_above_hull,
-            progress=progress,
+            explore_weight=config.prefilter.explore_weight, store=store, progress=progress,
         ),
         validate_maker=ValidateMaker(
             relax_maker=relax_maker or dft_maker(dft, progress, checkpoint_store=store),
@@ -95,10 +95,48 @@ def run_flow(
     progress: bool = True,
     relax_maker: DftMaker | None = None,
 ) -> Flow:
-    """One flow holding the CSP flow of every composition of ``config``."""
+    """One flow holding the CSP flow of every composition of ``config``.
+
+    With ``learn.energy_model.enabled``, a last job trains the energy model on
+    the store's DFT data once every composition is validated (or has failed).
+    """
     maker = csp_flow_maker(config, run, progress, relax_maker)
-    flows = [
+    flows: list[Flow | Job] = [
         maker.make(c.reduced_formula, config.generate.seed)
         for c in config.parsed_compositions()
     ]
-    return Flow(flows, output=[f.output for f in flows], name=f"xtalloop {config.name}")
+    outputs = [f.output for f in flows]
+    if config.learn.energy_model.enabled:
+        dft = maker.validate_maker.relax_maker
+        learn = energy_model_training_maker(config, run, dft.settings_key()).make(outputs)
+        learn.config.on_missing_references = OnMissing.NONE  # learn from what did finish
+        flows.append(learn)
+    return Flow(flows, output=outputs, name=f"xtalloop {config.name}")
+
+
+def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings_key: str
+                                ) -> EnergyModelTrainingMaker:
+    """The learning job a run configuration's ``learn.energy_model`` section describes."""
+    learning = config.learn.energy_model
+    return EnergyModelTrainingMaker(
+        store=_job_store_settings(config),
+        settings_key=settings_key,
+        prefilter_model=config.prefilter.model,
+        base_model=config.prefilter.base_model,
+        trainer=MaceTrainer(
+            num_channels=learning.num_channels, max_L=learning.max_L, r_max=learning.r_max,
+            epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
+            device=learning.device),
+        ensemble_size=learning.ensemble_size,
+        holdout_fraction=learning.holdout_fraction,
+        max_frames_per_relaxation=learning.max_frames_per_relaxation,
+        min_structures=learning.min_structures,
+        seed=learning.seed,
+        run=run,
+    )
+
+
+def _job_store_settings(config: RunConfig) -> dict[str, Any]:
+    """The store settings jobs carry: an absolute path, and no password (only where it is)."""
+    return config.store.model_copy(
+        update={"path": str(config.store.resolved_path)}).redacted_dump()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from jobflow import Maker, job
 
@@ -20,7 +21,11 @@ class PrefilterMaker(Maker):
     name
         Job name.
     model
-        ``"chgnet"`` (pretrained, offline), ``"emt"`` or a MACE ``.model`` file.
+        ``"chgnet"`` (pretrained, offline), ``"emt"``, a MACE ``.model`` file, a
+        folder of them (an ensemble), or ``"registry"``: the newest promoted
+        model of the store's registry, else ``base_model``.
+    base_model
+        The model ``"registry"`` stands for while nothing has been promoted.
     device
         Torch device.
     fmax, steps
@@ -29,24 +34,38 @@ class PrefilterMaker(Maker):
         Distinct structures passed on to DFT.
     max_e_above_hull
         Drop picks further above the ML hull than this (eV/atom).
+    explore_weight
+        With an ensemble, favour structures it disagrees on (see :class:`MLRanker`).
+    store
+        A dumped :class:`~xtalloop.config.StoreConfig`: where the registry is.
     progress
         Show progress bars.
     """
 
     name: str = "prefilter"
     model: str = "chgnet"
+    base_model: str = "chgnet"
     device: str = "cpu"
     fmax: float = 0.05
     steps: int = 300
     top_k: int = 2
     max_e_above_hull: float | None = None
+    explore_weight: float = 0.0
+    store: dict[str, Any] | None = None
     progress: bool = True
 
     @job
     def make(self, formula: str, candidates: list[Candidate]) -> Ranking:
         """Relax ``candidates`` of ``formula`` and keep the ``top_k`` lowest-energy distinct ones."""
+        from xtalloop.learn.registry import resolve_model
+
+        spec, registry_id = resolve_model(self.model, self.base_model, self.store)
         ranker = MLRanker(
-            model=self.model, device=self.device, fmax=self.fmax, steps=self.steps,
-            top_k=self.top_k, max_e_above_hull=self.max_e_above_hull, progress=self.progress,
+            model=spec, device=self.device, fmax=self.fmax, steps=self.steps,
+            top_k=self.top_k, max_e_above_hull=self.max_e_above_hull,
+            explore_weight=self.explore_weight, progress=self.progress,
         )
-        return ranker.rank(parse_composition(formula, charge_balance="off"), candidates)
+        ranking = ranker.rank(parse_composition(formula, charge_balance="off"), candidates)
+        if registry_id:
+            ranking.energy_model = {**ranking.energy_model, "registry_id": registry_id}
+        return ranking

@@ -166,6 +166,7 @@ def record_validation(
                 "converged": result["converged"],
                 "dft_code": relax_maker.code,
                 "dft_code_version": result["code_version"],
+                "trajectory": result["trajectory"],
                 "run": run,
             })
 

@@ -1,0 +1,125 @@
+"""Energy-model quality on held-out DFT data: pretrained CHGNet vs MACE trained on n structures.
+
+Reads GPAW frames (``benchmarks/gpaw_dataset.py`` writes them), holds out a
+fixed share of the structures (all frames of a structure on one side, as the
+loop does; elemental phases always train), and for a growing number ``n`` of
+training structures trains a MACE ensemble with xtalloop's own trainer
+(:class:`xtalloop.learn.mace_training.MaceTrainer`). Every model is scored
+with :func:`xtalloop.learn.metrics.evaluate` on the same held-out frames:
+energy MAE (meV/atom, after per-element alignment on the training frames),
+force MAE (meV/Å) and the hull decision (stable within 0.1 eV/atom or not:
+precision, recall, F1). CHGNet, the pretrained model the loop starts from, is
+the "before" row. Prints a table, writes it as JSON and draws the learning
+curve.
+
+Example::
+
+    python benchmarks/energy_model_quality.py --data benchmarks/results/gpaw_light.extxyz \\
+        --sizes 5,10,20,all --out benchmarks/results/energy_model_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import numpy as np  # noqa: E402
+
+
+def load_frames(path: str) -> list:
+    """Frames with their DFT results; relaxed-structure frames are marked ``step=final``."""
+    from ase.io import read
+
+    frames = read(path, ":")
+    for atoms in frames:
+        atoms.info["step"] = "final" if atoms.info.get("variant") == "as is" else 1
+    return frames
+
+
+def row(label: str, n_train: int, metrics: dict, seconds: float) -> dict:
+    return {"model": label, "n_train_structures": n_train, "seconds": round(seconds, 1),
+            **{k: metrics.get(k) for k in ("energy_mae", "force_mae", "stress_mae",
+                                          "precision", "recall", "f1", "hull_mae",
+                                          "n_frames", "n_scored", "n_stable_dft")}}
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="benchmarks/results/gpaw_light.extxyz")
+    parser.add_argument("--sizes", default="5,10,20,all",
+                        help="training structures per point of the learning curve")
+    parser.add_argument("--holdout", type=float, default=0.3)
+    parser.add_argument("--ensemble", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/energy_model_quality")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    from xtalloop.learn.dataset import covered, elements_of, groups, split_frames
+    from xtalloop.learn.mace_training import MaceTrainer
+    from xtalloop.learn.metrics import evaluate
+    from xtalloop.models.energy_model import load_energy_model
+    from xtalloop.plots import plot_learning_curve
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = load_frames(args.data)
+    train, test = split_frames(frames, args.holdout)
+    elemental = [g for g in groups(train) if len(
+        {s for a in train if a.info["group"] == g for s in a.get_chemical_symbols()}) == 1]
+    compounds = [g for g in groups(train) if g not in elemental]
+    rng = np.random.default_rng(args.seed)
+    order = [compounds[i] for i in rng.permutation(len(compounds))]
+    sizes = [len(order) if s == "all" else min(int(s), len(order))
+             for s in args.sizes.split(",")]
+    subsets = {n: [a for a in train if a.info["group"] in set(order[:n]) | set(elemental)]
+               for n in sorted(set(sizes))}
+    # every model is tested on the same frames: those the smallest training set covers
+    test = covered(test, elements_of(subsets[min(subsets)]))
+    print(f"{len(frames)} frames of {len(groups(frames))} structures: train "
+          f"{len(groups(train))} ({len(elemental)} elemental), held out {len(groups(test))} "
+          f"({len(test)} frames)")
+
+    rows = []
+    start = time.perf_counter()
+    chgnet = evaluate(load_energy_model("chgnet"), test, align_on=train)
+    rows.append(row("CHGNet (pretrained, before)", 0, chgnet, time.perf_counter() - start))
+    trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs)
+    for n, subset in subsets.items():
+        start = time.perf_counter()
+        folder = trainer.train_ensemble(subset, out / "models" / f"n{n}", size=args.ensemble,
+                                        seed=args.seed)
+        metrics = evaluate(load_energy_model(str(folder)), test, align_on=subset)
+        rows.append(row(f"MACE x{args.ensemble}, trained", n, metrics,
+                        time.perf_counter() - start))
+        print(f"n={n}: energy MAE {metrics['energy_mae']:.1f} meV/atom", flush=True)
+
+    keys = ["model", "n_train_structures", "energy_mae", "force_mae", "stress_mae",
+            "precision", "recall", "f1", "n_scored", "n_stable_dft", "seconds"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(
+        {"args": vars(args), "n_frames": len(frames), "rows": rows}, indent=2))
+    plot_learning_curve(rows, out / "learning_curve.png")
+    print(f"-> {out}/results.md, results.json, learning_curve.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The energy model learns from the loop's own DFT results (EMT stands in for DFT)."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from typer.testing import CliRunner
+
+from conftest import EmtRelaxAsDftMaker
+from xtalloop.cli import app
+from xtalloop.config import RunConfig
+from xtalloop.errors import XtalloopError
+from xtalloop.learn.dataset import is_holdout, split_frames, stress_to_ase
+from xtalloop.learn.mace_training import MaceTrainer
+from xtalloop.learn.metrics import evaluate
+from xtalloop.learn.registry import MODEL_FILES, ModelRegistry, should_promote
+from xtalloop.models.energy_model import load_energy_model
+from xtalloop.runner import execute
+from xtalloop.store.results import open_results
+
+TINY = MaceTrainer(num_channels=8, r_max=4.0, epochs=6, batch_size=4)
+
+
+def emt_frames(seed: int, n: int = 24, strain: float = 0.02, rattle: float = 0.08) -> list:
+    """Rattled, strained Cu, Au, CuAu and Cu3Au cells labelled by EMT."""
+    rng = np.random.default_rng(seed)
+    cells = []
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=3.75, cubic=True)
+        atoms.set_chemical_symbols([["Cu"] * 4, ["Au"] * 4, ["Cu", "Cu", "Au", "Au"],
+                                    ["Au", "Cu", "Cu", "Cu"]][i % 4])
+        atoms.set_cell(atoms.cell * (1 + strain * rng.standard_normal()), scale_atoms=True)
+        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces(), stress=atoms.get_stress())
+        atoms.info.update(group=f"s{seed}-{i}", step="final")
+        cells.append(atoms)
+    return cells
+
+
+@pytest.fixture(scope="module")
+def trained_ensemble(tmp_path_factory, one_torch_thread):
+    """Three tiny MACE models trained on EMT data (bootstrap resamples, three seeds)."""
+    frames = emt_frames(seed=0)
+    folder = TINY.train_ensemble(frames, tmp_path_factory.mktemp("mace"), size=3, seed=0)
+    return frames, folder
+
+
+def test_tiny_mace_trains_and_fine_tunes_on_emt_data(trained_ensemble, tmp_path):
+    frames, folder = trained_ensemble
+    assert sorted(p.name for p in folder.glob("*.model")) == [
+        "member_0.model", "member_1.model", "member_2.model"]
+    test = emt_frames(seed=1, n=8)
+    per_atom = np.array([a.calc.results["energy"] / len(a) for a in test])
+    trivial = 1000 * np.mean(np.abs(per_atom - per_atom.mean()))  # one energy for all
+    trained = evaluate(load_energy_model(str(folder / "member_0.model")), test)
+    assert trained["energy_mae"] < trivial
+
+    more = emt_frames(seed=2, n=8)
+    tuned = TINY.train(frames + more, tmp_path / "ft", seed=5,
+                       parent=folder / "member_0.model", name="tuned")
+    log = "".join(p.read_text() for p in (tmp_path / "ft" / "logs").glob("*.log"))
+    assert "foundation model" in log.lower()
+    assert evaluate(load_energy_model(str(tuned)), test)["n_frames"] == 8
+
+
+def test_ensemble_spread_is_larger_out_of_distribution(trained_ensemble):
+    frames, folder = trained_ensemble
+    ensemble = load_energy_model(str(folder))
+    assert ensemble.name == "mace-ensemble"
+    inside = emt_frames(seed=3, n=8)
+    outside = emt_frames(seed=4, n=8, strain=0.0, rattle=0.4)  # heavily distorted cells
+    for atoms in outside:
+        atoms.set_cell(atoms.cell * 0.85, scale_atoms=True)
+    spread_in = np.mean([p.energy_std / 4 for p in ensemble.predict(inside)])
+    spread_out = np.mean([p.energy_std / 4 for p in ensemble.predict(outside)])
+    assert spread_out > 2 * spread_in
+
+
+def test_training_error_is_one_line(tmp_path):
+    with pytest.raises(XtalloopError, match="cannot train a model on 1 frame"):
+        TINY.train(emt_frames(seed=0, n=1), tmp_path)
+
+
+def test_registry_stores_fetches_and_promotes(store_config, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "member_0.model").write_bytes(b"weights-0" * 1000)
+    (folder / "member_1.model").write_bytes(b"weights-1")
+    with open_results(store_config) as db:
+        registry = ModelRegistry(db)
+        first = registry.register(folder, parent="chgnet", metrics={"n_frames": 3},
+                                  parent_metrics={}, promoted=True, settings_key="k")
+        second = registry.register(folder, parent=first, metrics={}, parent_metrics={},
+                                   promoted=False, settings_key="k")
+        assert (first, second) == ("mace-1", "mace-2")
+        assert registry.promoted()["model_id"] == "mace-1"
+        fetched = registry.fetch(second, into=tmp_path / "cache")
+        assert (fetched / "member_0.model").read_bytes() == b"weights-0" * 1000
+        registry.promote(second)
+        assert registry.promoted()["model_id"] == "mace-2"
+        registry.promote(first)
+        assert registry.promoted()["model_id"] == "mace-1"
+        # a damaged chunk is detected, never loaded
+        chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1", "file": "member_1.model"})
+        chunk["data"] = base64.b64encode(b"tampered").decode()
+        db.store(MODEL_FILES).update([chunk], key="key")
+        with pytest.raises(XtalloopError, match="damaged"):
+            registry.fetch(first, into=tmp_path / "other")
+        with pytest.raises(XtalloopError, match="no model 'mace-9'"):
+            registry.get("mace-9")
+
+
+def test_promotion_needs_held_out_data_and_a_lower_error():
+    assert should_promote({"n_frames": 5, "energy_mae": 10.0}, {"energy_mae": 20.0})[0]
+    assert not should_promote({"n_frames": 5, "energy_mae": 30.0}, {"energy_mae": 20.0})[0]
+    assert not should_promote({"n_frames": 0}, {"energy_mae": 20.0})[0]
+    assert should_promote({"n_frames": 5, "energy_mae": 30.0}, {})[0]
+
+
+def test_holdout_is_fixed_per_structure_and_references_always_train():
+    names = [f"uuid-{i}" for i in range(400)]
+    held = [n for n in names if is_holdout(n, 0.25)]
+    assert 60 < len(held) < 140
+    assert held == [n for n in names if is_holdout(n, 0.25)]
+    assert not is_holdout("reference:Cu", 0.99)
+    frames = emt_frames(seed=0, n=8)
+    for i, atoms in enumerate(frames):
+        atoms.info["group"] = names[i // 2]  # two frames per structure
+    train, holdout = split_frames(frames, 0.5)
+    assert not {a.info["group"] for a in train} & {a.info["group"] for a in holdout}
+
+
+def test_stress_units_from_both_dft_codes():
+    ase_voigt = [0.01, 0.02, 0.03, 0.0, 0.0, 0.0]
+    assert np.allclose(stress_to_ase(ase_voigt), ase_voigt)
+    vasp_kbar = np.diag([-16.0218, 0.0, 0.0])  # kBar with the opposite sign: 0.01 eV/Å³
+    assert np.allclose(stress_to_ase(vasp_kbar)[0], 0.01, atol=1e-5)
+
+
+def learning_config(tmp_path, compositions=("CuAu", "Cu", "Au")) -> RunConfig:
+    return RunConfig.model_validate({
+        "name": "learn-test",
+        "compositions": list(compositions),
+        "generate": {"seed": 3, "max_atoms": 4, "sources": [{"n": 5}]},
+        "prefilter": {"model": "registry", "base_model": "chgnet", "top_k": 2, "steps": 150},
+        "learn": {"energy_model": {"enabled": True, "ensemble_size": 2, "epochs": 6,
+                                   "num_channels": 8, "r_max": 4.0, "min_structures": 3,
+                                   "holdout_fraction": 0.3}},
+        "store": {"path": str(tmp_path / "store")},
+        "output_dir": str(tmp_path / "runs"),
+    })
+
+
+def test_a_round_trains_the_energy_model_and_the_next_round_uses_it(
+        tmp_path, one_torch_thread, monkeypatch):
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
+    config = learning_config(tmp_path)
+    maker = EmtRelaxAsDftMaker(steps=60, relax_kwargs={"fmax": 0.05})
+
+    first = execute(config, progress=False, relax_maker=maker)
+    assert first.failed_jobs == []
+    learned = first.energy_model
+    assert learned["model_id"] == "mace-1" and learned["parent"] == "chgnet"
+    assert not learned["fine_tuned"]  # CHGNet is not a MACE model: trained from scratch
+    assert learned["n_structures"]["holdout"] >= 1
+    assert learned["metrics"]["energy_mae"] > 0 and learned["parent_metrics"]["energy_mae"] > 0
+    assert learned["promoted"] == should_promote(learned["metrics"],
+                                                 learned["parent_metrics"])[0]
+    with open_results(config.store) as db:
+        record = ModelRegistry(db).get("mace-1")
+        run = db.get_run(first.run_id)
+    assert record["settings_key"] == "emt-test" and len(record["files"]) == 2
+    assert set(record["training_structures"]).isdisjoint(record["holdout_structures"])
+    assert any(g.startswith("reference:") for g in record["training_structures"])
+    assert run["energy_model"]["model_id"] == "mace-1"
+    summary = json.loads((first.run_dir / "summary.json").read_text())
+    assert summary["energy_model"]["model_id"] == "mace-1"
+
+    cli = CliRunner()
+    if not learned["promoted"]:  # the scientist overrides the automatic decision
+        out = cli.invoke(app, ["model", "promote", "mace-1", "--store", config.store.path])
+        assert out.exit_code == 0, out.output
+    listing = cli.invoke(app, ["model", "list", "--store", config.store.path])
+    assert "mace-1*" in listing.output
+
+    second = execute(config.model_copy(update={"compositions": ("Cu3Au", "Cu", "Au")}),
+                     progress=False, relax_maker=maker)
+    assert second.failed_jobs == []
+    with open_results(config.store) as db:
+        docs = db.find_validated(formula="Cu3Au")
+    assert docs and {d["prefilter"]["energy_model"]["registry_id"] for d in docs} == {"mace-1"}
+    assert {d["prefilter"]["energy_model"]["name"] for d in docs} == {"mace-ensemble"}
+    tuned = second.energy_model
+    assert tuned["model_id"] == "mace-2" and tuned["parent"] == "mace-1"
+    assert tuned["fine_tuned"]  # a MACE parent that knows Cu and Au is fine-tuned

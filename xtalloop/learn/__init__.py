@@ -1,0 +1,1 @@
+"""Learning from the loop's DFT results: training data, MACE training, metrics, model registry."""

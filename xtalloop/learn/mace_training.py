@@ -1,0 +1,188 @@
+"""Train or fine-tune MACE models, and ensembles of them, with mace's own trainer.
+
+:class:`MaceTrainer` writes the frames to extended XYZ and runs
+``mace_run_train`` (``python -m mace.cli.run_train``) in a subprocess: from
+scratch, or from a parent model's weights (``--foundation_model``, plain
+fine-tuning) when the parent is a MACE model that knows every element of the
+data. :meth:`MaceTrainer.train_ensemble` trains several members on bootstrap
+resamples of the structures with different seeds; their spread is the
+uncertainty the picker can explore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import write
+
+from xtalloop.errors import XtalloopError
+from xtalloop.learn.dataset import groups
+
+logger = logging.getLogger(__name__)
+
+ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_energy", "REF_forces", "REF_stress"
+
+
+@dataclass
+class MaceTrainer:
+    """Settings of ``mace_run_train`` for xtalloop's small, CPU-friendly models.
+
+    Parameters
+    ----------
+    num_channels, max_L, r_max, num_interactions, correlation
+        Architecture of a model trained from scratch (a fine-tuned model keeps
+        its parent's).
+    epochs, batch_size, lr
+        Optimisation; fine-tuning uses ``lr / 10``.
+    energy_weight, forces_weight, stress_weight
+        Loss weights (``--loss weighted``; energies per atom).
+    valid_fraction
+        Share of the training frames mace holds out for its own early checks.
+    device
+        Torch device.
+    threads
+        Torch threads of the training process.
+    timeout_s
+        A training process running longer than this is stopped.
+    """
+
+    num_channels: int = 32
+    max_L: int = 0
+    r_max: float = 5.0
+    num_interactions: int = 2
+    correlation: int = 2
+    epochs: int = 60
+    batch_size: int = 4
+    lr: float = 0.01
+    energy_weight: float = 10.0
+    forces_weight: float = 1.0
+    stress_weight: float = 1.0
+    valid_fraction: float = 0.1
+    device: str = "cpu"
+    threads: int = 1
+    timeout_s: float = 3600.0
+
+    def train(self, frames: list[Atoms], workdir: str | Path, seed: int = 0,
+              parent: Path | None = None, name: str = "model") -> Path:
+        """Train one model on ``frames``; returns the path of the ``.model`` file.
+
+        Parameters
+        ----------
+        frames
+            Atoms with a single-point calculator holding energy, forces and
+            (for periodic cells) stress.
+        workdir
+            Folder of mace's inputs, logs and checkpoints.
+        seed
+            mace's random seed.
+        parent
+            A MACE model to fine-tune; ``None`` trains from scratch.
+        name
+            Name of the model file.
+
+        Raises
+        ------
+        XtalloopError
+            With the last line of mace's log if training fails.
+        """
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if len(frames) < 2:
+            raise XtalloopError(f"cannot train a model on {len(frames)} frame(s)")
+        train_file = workdir / "train.xyz"
+        write(train_file, [_labelled(a) for a in frames], format="extxyz")
+        args = [
+            sys.executable, "-m", "mace.cli.run_train", f"--name={name}",
+            f"--train_file={train_file}", f"--valid_fraction={self.valid_fraction}",
+            f"--energy_key={ENERGY_KEY}", f"--forces_key={FORCES_KEY}",
+            f"--stress_key={STRESS_KEY}", "--E0s=average", "--loss=weighted",
+            f"--energy_weight={self.energy_weight}", f"--forces_weight={self.forces_weight}",
+            f"--stress_weight={self.stress_weight}", "--compute_stress=True",
+            f"--batch_size={min(self.batch_size, max(1, len(frames) // 2))}",
+            f"--max_num_epochs={self.epochs}", f"--device={self.device}",
+            "--default_dtype=float64", f"--seed={seed}", f"--work_dir={workdir}",
+        ]
+        if parent is not None:
+            args += [f"--foundation_model={parent}", "--multiheads_finetuning=False",
+                     f"--lr={self.lr / 10}"]
+        else:
+            args += ["--model=MACE", f"--num_channels={self.num_channels}",
+                     f"--max_L={self.max_L}", f"--r_max={self.r_max}",
+                     f"--num_interactions={self.num_interactions}",
+                     f"--correlation={self.correlation}", f"--lr={self.lr}"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
+               "MKL_NUM_THREADS": str(self.threads), "OPENBLAS_NUM_THREADS": str(self.threads)}
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True,
+                                  timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            raise XtalloopError(f"MACE training stopped after {self.timeout_s:.0f} s "
+                                f"(see {workdir})") from None
+        model = workdir / f"{name}.model"
+        if proc.returncode != 0 or not model.is_file():
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            raise XtalloopError(f"MACE training failed: {lines[-1].strip() if lines else '?'} "
+                                f"(see {workdir})")
+        logger.info("trained %s on %d frames in %.0f s", model, len(frames),
+                    time.perf_counter() - start)
+        return model
+
+    def train_ensemble(self, frames: list[Atoms], workdir: str | Path, size: int = 3,
+                       seed: int = 0, parents: list[Path] | None = None,
+                       bootstrap: bool = True) -> Path:
+        """Train ``size`` members into ``workdir/ensemble/member_<i>.model``.
+
+        Member ``i`` trains with seed ``seed + i`` on a bootstrap resample of
+        the structures (whole relaxations are drawn, not single frames), from
+        ``parents[i % len(parents)]`` when parents are given.
+
+        Returns
+        -------
+        Path
+            The ensemble folder (what :func:`~xtalloop.models.energy_model.load_energy_model`
+            loads as one model).
+        """
+        workdir = Path(workdir)
+        out = workdir / "ensemble"
+        out.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        names = groups(frames)
+        for i in range(size):
+            subset = frames
+            if bootstrap and size > 1 and len(names) > 1:
+                drawn = rng.choice(len(names), size=len(names), replace=True)
+                counts = np.bincount(drawn, minlength=len(names))
+                weight = dict(zip(names, counts, strict=True))
+                subset = [a for a in frames for _ in range(weight[a.info["group"]])]
+            parent = parents[i % len(parents)] if parents else None
+            model = self.train(subset, workdir / f"member_{i}", seed=seed + i,
+                               parent=parent, name=f"member_{i}")
+            model.replace(out / f"member_{i}.model")
+        return out
+
+    def settings(self) -> dict:
+        """The settings as a plain dict, for the model registry."""
+        return asdict(self)
+
+
+def _labelled(atoms: Atoms) -> Atoms:
+    """A copy with the calculator's results under mace's ``REF_`` keys."""
+    out = atoms.copy()
+    out.calc = None
+    calc = atoms.calc
+    out.info = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str))}
+    out.info[ENERGY_KEY] = calc.results["energy"]
+    out.arrays[FORCES_KEY] = np.asarray(calc.results["forces"])
+    stress = calc.results.get("stress")
+    if stress is not None and atoms.pbc.all():
+        out.info[STRESS_KEY] = np.asarray(stress)
+    return out

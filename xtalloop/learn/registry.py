@@ -1,0 +1,190 @@
+"""A versioned registry of trained energy models, kept in the results store.
+
+Each entry of the ``models`` collection records a model's id (``mace-<n>``),
+its parent (another id, or a base model such as ``chgnet``), the DFT settings
+key and structures it was trained on, its trainer settings, its metrics and its
+parent's on the same held-out data, and whether it was promoted. The model
+files themselves live in the ``model_files`` collection as base64 chunks, so a
+model travels with the store (embedded folder or MongoDB) to wherever the next
+prefilter job runs; :meth:`ModelRegistry.fetch` writes them back to a local
+cache folder, checking their sha256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from xtalloop.errors import XtalloopError
+from xtalloop.store.results import ResultsDB, now
+
+MODELS = "models"
+MODEL_FILES = "model_files"
+CHUNK_BYTES = 4 * 1024 * 1024
+REGISTRY_SPEC = "registry"
+"""The ``prefilter.model`` value that means: the registry's promoted model."""
+
+
+def cache_dir() -> Path:
+    """Where fetched model files are kept (``$XTALLOOP_CACHE`` or ``~/.cache/xtalloop``)."""
+    root = os.environ.get("XTALLOOP_CACHE") or Path.home() / ".cache" / "xtalloop"
+    return Path(root).expanduser() / "models"
+
+
+class ModelRegistry:
+    """Energy models trained by the loop, in one results store.
+
+    Parameters
+    ----------
+    db
+        The open results database.
+    """
+
+    def __init__(self, db: ResultsDB) -> None:
+        self.db = db
+
+    def register(self, model_dir: Path, *, parent: str, metrics: dict[str, Any],
+                 parent_metrics: dict[str, Any], promoted: bool, **record: Any) -> str:
+        """Store the ``*.model`` files of ``model_dir`` and their record; returns the new id.
+
+        ``record`` holds the rest of the entry: ``settings_key``,
+        ``training_structures``, ``n_frames``, ``trainer``, ``seeds``, ``run``…
+        """
+        files = sorted(Path(model_dir).glob("*.model"))
+        if not files:
+            raise XtalloopError(f"no *.model files in {model_dir}")
+        model_id = f"mace-{self._next_number()}"
+        entries = []
+        for path in files:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+            self.db.store(MODEL_FILES).update([
+                {"key": f"{model_id}/{path.name}/{n}", "model_id": model_id,
+                 "file": path.name, "chunk": n, "data": base64.b64encode(chunk).decode()}
+                for n, chunk in enumerate(chunks)], key="key")
+            entries.append({"name": path.name, "sha256": digest, "bytes": len(data),
+                            "chunks": len(chunks)})
+        self.db.store(MODELS).update([{
+            "model_id": model_id, "number": int(model_id.split("-")[1]), "kind": "mace",
+            "parent": parent, "files": entries, "metrics": metrics,
+            "parent_metrics": parent_metrics, "promoted": promoted, "created_at": now(),
+            "promotion": self._next_promotion() if promoted else None,
+            **record}], key="model_id")
+        return model_id
+
+    def get(self, model_id: str) -> dict[str, Any]:
+        """The record of ``model_id``.
+
+        Raises
+        ------
+        XtalloopError
+            If there is no such model.
+        """
+        doc = self.db.store(MODELS).query_one({"model_id": model_id})
+        if doc is None:
+            raise XtalloopError(f"no model {model_id!r} in the registry")
+        return {k: v for k, v in doc.items() if k != "_id"}
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every record, oldest first."""
+        docs = self.db.store(MODELS).query({})
+        return sorted(({k: v for k, v in d.items() if k != "_id"} for d in docs),
+                      key=lambda d: d["number"])
+
+    def promoted(self, settings_key: str | None = None) -> dict[str, Any] | None:
+        """The most recently promoted model (for ``settings_key``, if given), or ``None``."""
+        query: dict[str, Any] = {"promoted": True}
+        if settings_key is not None:
+            query["settings_key"] = settings_key
+        docs = list(self.db.store(MODELS).query(query))
+        if not docs:
+            return None
+        doc = max(docs, key=lambda d: d["promotion"])
+        return {k: v for k, v in doc.items() if k != "_id"}
+
+    def promote(self, model_id: str, reason: str = "promoted by hand") -> None:
+        """Make ``model_id`` the prefilter's model from now on (it becomes the newest promoted)."""
+        doc = self.get(model_id)
+        doc.update(promoted=True, promotion=self._next_promotion(), promotion_note=reason,
+                   promoted_at=now())
+        self.db.store(MODELS).update([doc], key="model_id")
+
+    def fetch(self, model_id: str, into: Path | None = None) -> Path:
+        """The folder holding ``model_id``'s files (written there from the store if needed).
+
+        Raises
+        ------
+        XtalloopError
+            If a stored file is incomplete or its sha256 does not match.
+        """
+        record = self.get(model_id)
+        folder = (into or cache_dir()) / model_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in record["files"]:
+            path = folder / entry["name"]
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]:
+                continue
+            chunks = sorted(self.db.store(MODEL_FILES).query(
+                {"model_id": model_id, "file": entry["name"]}), key=lambda d: d["chunk"])
+            data = b"".join(base64.b64decode(c["data"]) for c in chunks)
+            if len(chunks) != entry["chunks"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise XtalloopError(f"model {model_id}: stored file {entry['name']} is damaged "
+                                    f"({len(chunks)}/{entry['chunks']} chunks)")
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(data)
+            partial.replace(path)
+        return folder
+
+    def _next_promotion(self) -> int:
+        docs = self.db.store(MODELS).query({"promoted": True}, properties=["promotion"])
+        return max((d["promotion"] for d in docs), default=0) + 1
+
+    def _next_number(self) -> int:
+        numbers = [d["number"] for d in self.db.store(MODELS).query({}, properties=["number"])]
+        return max(numbers, default=0) + 1
+
+
+def should_promote(metrics: dict[str, Any], parent_metrics: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a new model replaces its parent, and why.
+
+    The new model must have been tested on held-out DFT data, and its energy
+    error there (after per-element alignment) must be lower than the parent's
+    on the same frames; a parent without metrics (nothing held out when it
+    was trained) loses to any tested model.
+    """
+    if not metrics.get("n_frames"):
+        return False, "no held-out DFT data to test the new model on"
+    new, old = metrics.get("energy_mae"), parent_metrics.get("energy_mae")
+    if old is None:
+        return True, "the parent could not be tested"
+    if new < old:
+        return True, f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom"
+    return False, f"energy MAE {new:.1f} >= parent's {old:.1f} meV/atom: the parent stays"
+
+
+def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None
+                  ) -> tuple[str, str | None]:
+    """What a prefilter's model setting loads: ``(spec for load_energy_model, registry id)``.
+
+    ``"registry"`` becomes the folder of the newest promoted model (fetched
+    from ``store``, a dumped :class:`~xtalloop.config.StoreConfig`), or
+    ``base_model`` while the registry has none; any other spec is returned
+    as is with no registry id.
+    """
+    if spec != REGISTRY_SPEC:
+        return spec, None
+    if store is None:
+        raise XtalloopError("model 'registry' needs a store to read the registry from")
+    from xtalloop.config import StoreConfig
+    from xtalloop.store.results import open_results
+
+    with open_results(StoreConfig(**store)) as db:
+        registry = ModelRegistry(db)
+        doc = registry.promoted()
+        if doc is None:
+            return base_model, None
+        return str(registry.fetch(doc["model_id"])), doc["model_id"]
