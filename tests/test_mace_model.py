@@ -223,3 +223,14 @@ def test_missing_or_invalid_files_are_reported_in_one_line(tmp_path):
         with pytest.raises(XtalloopError, match=message) as err:
             load_energy_model(str(spec))
         assert "\n" not in str(err.value)
+
+
+def test_single_precision_agrees_with_double_precision(model_files):
+    cells = structures()
+    double = MaceModel([model_files["single"]]).predict(cells)
+    single = MaceModel([model_files["single"]], dtype="float32").predict(cells)
+    for atoms, d, s in zip(cells, double, single):
+        assert abs(d.energy - s.energy) / len(atoms) < 1e-4
+        assert np.abs(d.forces - s.forces).max() < 1e-3
+    with pytest.raises(XtalloopError, match="float64 or float32"):
+        MaceModel([model_files["single"]], dtype="float16")

@@ -43,6 +43,11 @@ class MaceModel(EnergyModel):
         Torch device (``"cpu"`` or ``"cuda"``).
     max_atoms_per_batch
         Most atoms in one forward pass; a larger structure goes in a pass alone.
+        On CPU, a few hundred atoms per pass is fastest (measured: 256 atoms per
+        pass 1.3x faster than 4000, see ``benchmarks/batch_relax_speed.py``).
+    dtype
+        ``"float64"`` (as the model was trained) or ``"float32"``: about twice as
+        fast on CPU, energies within 0.001 meV/atom in the speed benchmark.
 
     Raises
     ------
@@ -56,14 +61,18 @@ class MaceModel(EnergyModel):
         self,
         paths: Sequence[str | Path],
         device: str = "cpu",
-        max_atoms_per_batch: int = 4000,
+        max_atoms_per_batch: int = 256,
+        dtype: str = "float64",
     ) -> None:
         from mace.tools.utils import AtomicNumberTable
 
         self._paths = [Path(p).expanduser() for p in paths]
         if not self._paths:
             raise XtalloopError("no MACE model files given")
-        self._models = [_load(path, device) for path in self._paths]
+        if dtype not in ("float64", "float32"):
+            raise XtalloopError(f"MACE dtype must be float64 or float32, not {dtype!r}")
+        self.dtype = dtype
+        self._models = [_load(path, device, dtype) for path in self._paths]
         self._r_max, zs = _shared_graph_settings(self._models, self._paths)
         self._z_table = AtomicNumberTable(list(zs))
         self._heads = list(getattr(self._models[0], "heads", ["Default"]))
@@ -134,7 +143,7 @@ class MaceModel(EnergyModel):
         from mace import data
         from mace.tools import torch_tools
 
-        with torch_tools.default_dtype("float64"):
+        with torch_tools.default_dtype(self.dtype):
             config = data.config_from_atoms(
                 atoms, key_specification=data.KeySpecification(), head_name=self._head
             )
@@ -146,8 +155,8 @@ class MaceModel(EnergyModel):
             )
 
 
-def _load(path: Path, device: str) -> torch.nn.Module:
-    """Read one MACE model file as a float64 model in evaluation mode."""
+def _load(path: Path, device: str, dtype: str = "float64") -> torch.nn.Module:
+    """Read one MACE model file as a ``dtype`` model in evaluation mode."""
     import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD before e3nn/torch.load)
     import torch
 
@@ -165,7 +174,7 @@ def _load(path: Path, device: str) -> torch.nn.Module:
         and hasattr(model, "atomic_numbers")
     ):
         raise XtalloopError(f"{path} is not a MACE model file ({type(model).__name__})")
-    model = model.double().eval()
+    model = (model.double() if dtype == "float64" else model.float()).eval()
     for param in model.parameters():
         param.requires_grad = False  # forces and stress need gradients wrt inputs only
     return model
