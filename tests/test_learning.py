@@ -199,3 +199,18 @@ def test_a_round_trains_the_energy_model_and_the_next_round_uses_it(
     tuned = second.energy_model
     assert tuned["model_id"] == "mace-2" and tuned["parent"] == "mace-1"
     assert tuned["fine_tuned"]  # a MACE parent that knows Cu and Au is fine-tuned
+
+
+def test_bootstrap_resamples_keep_every_element():
+    from xtalloop.learn.mace_training import _bootstrap_weights
+
+    pool = emt_frames(seed=0, n=36)
+    frames = [a for a in pool if a.get_chemical_formula() == "Cu4"][:8] + [pool[1]]  # one Au
+    for i, atoms in enumerate(frames):
+        atoms.info["group"] = f"g{i}"
+    names = [f"g{i}" for i in range(9)]
+    for seed in range(50):
+        weight = _bootstrap_weights(frames, names, np.random.default_rng(seed))
+        drawn = {s for a in frames if weight[a.info["group"]] for s in a.get_chemical_symbols()}
+        assert drawn == {"Cu", "Au"}
+        assert sum(weight.values()) >= len(names)

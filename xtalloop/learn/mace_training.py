@@ -159,9 +159,7 @@ class MaceTrainer:
         for i in range(size):
             subset = frames
             if bootstrap and size > 1 and len(names) > 1:
-                drawn = rng.choice(len(names), size=len(names), replace=True)
-                counts = np.bincount(drawn, minlength=len(names))
-                weight = dict(zip(names, counts, strict=True))
+                weight = _bootstrap_weights(frames, names, rng)
                 subset = [a for a in frames for _ in range(weight[a.info["group"]])]
             parent = parents[i % len(parents)] if parents else None
             model = self.train(subset, workdir / f"member_{i}", seed=seed + i,
@@ -172,6 +170,28 @@ class MaceTrainer:
     def settings(self) -> dict:
         """The settings as a plain dict, for the model registry."""
         return asdict(self)
+
+
+def _bootstrap_weights(frames: list[Atoms], names: list[str],
+                       rng: np.random.Generator) -> dict[str, int]:
+    """How often each structure is drawn in one bootstrap resample.
+
+    A structure is added back wherever the draw left an element out: every
+    member must know every element, or the ensemble could not be evaluated
+    together.
+    """
+    counts = np.bincount(rng.choice(len(names), size=len(names), replace=True),
+                         minlength=len(names))
+    weight = dict(zip(names, counts.tolist(), strict=True))
+    symbols = {name: set() for name in names}
+    for atoms in frames:
+        symbols[atoms.info["group"]].update(atoms.get_chemical_symbols())
+    covered = set().union(*(symbols[n] for n in names if weight[n]))
+    for name in names:
+        if symbols[name] - covered:
+            weight[name] += 1
+            covered |= symbols[name]
+    return weight
 
 
 def _labelled(atoms: Atoms) -> Atoms:
