@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +98,8 @@ class MaceTrainer:
         workdir.mkdir(parents=True, exist_ok=True)
         if len(frames) < 2:
             raise XtalloopError(f"cannot train a model on {len(frames)} frame(s)")
+        # mace resumes from checkpoints it finds: a stale one (other data) would crash it
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         train_file = workdir / "train.xyz"
         write(train_file, [_labelled(a) for a in frames], format="extxyz")
         args = [
@@ -129,8 +132,9 @@ class MaceTrainer:
                                 f"(see {workdir})") from None
         model = workdir / f"{name}.model"
         if proc.returncode != 0 or not model.is_file():
-            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            raise XtalloopError(f"MACE training failed: {lines[-1].strip() if lines else '?'} "
+            lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+                     if ln.strip() and " INFO: " not in ln]
+            raise XtalloopError(f"MACE training failed: {lines[-1] if lines else '?'} "
                                 f"(see {workdir})")
         logger.info("trained %s on %d frames in %.0f s", model, len(frames),
                     time.perf_counter() - start)
