@@ -104,7 +104,7 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
         for base in baselines:
             if base[key] is not None:
                 ax.axhline(base[key], color="grey", ls="--", label=base["model"])
-        ax.set_xlabel("DFT structures in training")
+        ax.set_xlabel("DFT structures in training (besides elemental phases)")
         ax.set_ylabel(label)
         if key != "f1":
             ax.set_yscale("log")
