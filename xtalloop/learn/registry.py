@@ -122,7 +122,10 @@ class ModelRegistry:
             If a stored file is incomplete or its sha256 does not match.
         """
         record = self.get(model_id)
-        folder = (into or cache_dir()) / model_id
+        # ids are per store: the folder name carries the content's digest too, so two
+        # stores' "mace-1" never share a folder (nor a cached loaded model)
+        digest = hashlib.sha256("".join(f["sha256"] for f in record["files"]).encode())
+        folder = (into or cache_dir()) / f"{model_id}-{digest.hexdigest()[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
         for entry in record["files"]:
             path = folder / entry["name"]
