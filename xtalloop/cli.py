@@ -71,8 +71,14 @@ def run(
     store: str | None = typer.Option(None, help="Embedded store folder (overrides the config)."),
     output_dir: str | None = typer.Option(None, help="Where run folders go (overrides the config)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    new: bool = typer.Option(False, "--new", help="With a loop section: start a new loop "
+                             "instead of resuming an unfinished one of the same name."),
 ) -> None:
-    """Predict the structures of the config's compositions: generate → ML prefilter → DFT → store."""
+    """Predict the structures of the config's compositions: generate → ML prefilter → DFT → store.
+
+    A config with a ``loop`` section runs an active-learning loop (rounds of the
+    above, learning in between); an unfinished loop of the same name resumes.
+    """
     from xtalloop.config import load_config
 
     overrides: dict[str, Any] = {}
@@ -88,6 +94,9 @@ def run(
 
     check_dft_runs_here(
         cfg.dft, sorted({el.symbol for c in cfg.parsed_compositions() for el in c.elements}))
+    if cfg.loop is not None:
+        _run_loop(cfg, progress, resume=not new)
+        return
     from xtalloop.runner import execute
 
     typer.echo(f"xtalloop: {len(cfg.compositions)} compositions "
@@ -115,6 +124,94 @@ def run(
     typer.echo(f"run folder: {result.run_dir} (CIFs in cifs/, funnel.png, summary.json)")
     if not rows:
         raise typer.Exit(1)
+
+
+def _run_loop(cfg: Any, progress: bool, resume: bool) -> None:
+    """Run (or resume) an active-learning loop and print its rounds."""
+    from xtalloop.runner import execute_loop, unfinished_loop
+
+    previous = unfinished_loop(cfg) if resume else None
+    loop = cfg.loop
+    typer.echo(f"xtalloop loop: {len(cfg.compositions)} compositions "
+               f"({', '.join(cfg.compositions)}), up to {loop.total_rounds} rounds, "
+               f"store {cfg.store.location}")
+    if previous is not None:
+        typer.echo(f"resuming loop {previous['id']} (use --new to start another)")
+    result = execute_loop(cfg, progress=progress, resume=resume)
+    _rounds_table(result.rounds, f"Loop {result.loop_id}")
+    for message in result.failed_jobs:
+        typer.echo(f"job failed: {message}")
+    typer.echo(f"loop {result.status}" + (f": {result.stopped_by}" if result.stopped_by else ""))
+    typer.echo(f"run folder: {result.run_dir} (report/report.html, rounds.json)")
+    if result.status != "completed":
+        raise typer.Exit(1)
+
+
+def _rounds_table(rounds: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from xtalloop.cli_model import learning_line
+
+    table = Table(title=title, title_justify="left",
+                  caption="hit rate: DFT-validated picks within the stability tolerance of "
+                          "the DFT hull / DFT calls", caption_justify="left")
+    for column in ("round", "arities", "compositions", "DFT calls", "stable", "new stable",
+                   "hit rate", "prefilter model", "learned"):
+        table.add_column(column, no_wrap=column not in ("compositions", "learned"))
+    for r in rounds:
+        hit = r.get("hit_rate")
+        learned = learning_line(r["energy_model"]) if r.get("energy_model") else "—"
+        if (r.get("generator") or {}).get("checkpoint"):
+            learned += f"; generator {r['generator']['reason']}"
+        table.add_row(
+            str(r["round"]), "+".join(map(str, r["arities"])) if r.get("arities") else "all",
+            ", ".join(r.get("compositions_validated") or r.get("compositions") or []),
+            str(r.get("dft_calls", "—")), str(r.get("stable", "—")),
+            str(r.get("new_stable", "—")), "—" if hit is None else f"{hit:.0%}",
+            str(r.get("energy_model_used", "—")),
+            learned if r.get("status") == "completed" else str(r.get("status")))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 140))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def report(
+    run_ref: str = typer.Argument(..., metavar="RUN",
+                                  help="A run folder (runs/<id>) or a run or loop id."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Folder to write (default: <run folder>/report)."),
+    store: str = typer.Option("xtalloop-data", help=STORE_HELP),
+    uri: str | None = typer.Option(None, help=URI_HELP),
+    database: str = typer.Option("xtalloop", help=DATABASE_HELP),
+    password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
+) -> None:
+    """Write the HTML/PNG report of a run or loop: rounds, funnel, hulls, models, best CIFs."""
+    from xtalloop.config import StoreConfig
+    from xtalloop.errors import ConfigError
+    from xtalloop.report import write_report
+
+    folder = Path(run_ref)
+    if (folder / "config.json").is_file():
+        saved = json.loads((folder / "config.json").read_text())
+        try:
+            config = StoreConfig(**saved["store"])
+        except Exception as exc:
+            raise ConfigError(f"{folder / 'config.json'}: unreadable store settings: {exc}"
+                              ) from None
+        run_id = folder.resolve().name
+        out = out or folder / "report"
+    elif folder.exists() or "/" in run_ref:
+        raise ConfigError(f"{run_ref}: not a run folder (no config.json in it)")
+    else:
+        config = store_from_options(store, uri, database, password_env)
+        run_id = run_ref
+        out = out or Path(f"report-{run_id}")
+    path = write_report(config, run_id, out)
+    typer.echo(f"report: {path} (PNGs and cifs/ beside it)")
 
 
 class OutputFormat(str, Enum):

@@ -158,10 +158,88 @@ class EnergyModelLearning(_Section):
     device: str = "cpu"
 
 
+class GeneratorLearning(_Section):
+    """Fine-tune the diffusion generator on the loop's DFT-validated stable structures.
+
+    After each round of an active-learning loop, the checkpoint of the
+    ``diffusion`` source is fine-tuned on every validated structure within
+    ``stable_within`` eV/atom of the DFT hull (all rounds, these DFT
+    settings); the next round samples from the new checkpoint.
+    """
+
+    enabled: bool = False
+    epochs: int = Field(20, ge=1)
+    lr_factor: float = Field(0.1, gt=0, description="learning rate = parent's lr × this")
+    batch_size: int = Field(16, ge=1)
+    stable_within: float = Field(0.1, ge=0, description="eV/atom above the DFT hull")
+    min_structures: int = Field(2, ge=1, description="skip fine-tuning with fewer structures")
+    seed: int = 0
+    device: str = "cpu"
+
+
 class LearnConfig(_Section):
     """What the loop learns from its DFT results."""
 
     energy_model: EnergyModelLearning = EnergyModelLearning()
+    generator: GeneratorLearning = GeneratorLearning()
+
+
+class ArityStage(_Section):
+    """Rounds of an active-learning loop over compositions of some arities."""
+
+    arities: tuple[int, ...] = Field(..., min_length=1,
+                                     description="numbers of distinct elements, e.g. [2, 3]")
+    rounds: int = Field(1, ge=1)
+
+    @field_validator("arities")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(a < 1 for a in value):
+            raise ValueError("arities are numbers of distinct elements: 1 or more")
+        return value
+
+
+class LoopConfig(_Section):
+    """An active-learning loop: rounds of generate → prefilter → DFT → learn.
+
+    Each round runs the compositions whose number of distinct elements is in
+    the current ``schedule`` stage (all compositions without a schedule),
+    with a new generator seed and the models the earlier rounds trained. The
+    loop stops after ``rounds`` rounds (default: the schedule's total), when
+    ``max_dft_calls`` DFT relaxations of picks are spent, when ``patience``
+    rounds in a row found no new structure within ``stable_within`` eV/atom
+    of the DFT hull, or when every formula of ``targets`` has one.
+    """
+
+    schedule: tuple[ArityStage, ...] = ()
+    rounds: int | None = Field(None, ge=1, description="at most; default: the schedule's "
+                               "total, or 2 without a schedule")
+    dft_budget_per_round: int | None = Field(None, ge=1, description="DFT relaxations of "
+                                             "picks per round, at most")
+    max_dft_calls: int | None = Field(None, ge=1, description="stop once this many are spent")
+    patience: int | None = Field(None, ge=1, description="stop after this many rounds without "
+                                 "a new stable structure")
+    targets: tuple[str, ...] = Field((), description="stop once each has a stable structure")
+    stable_within: float = Field(0.1, ge=0, description="eV/atom above the DFT hull that "
+                                 "counts as stable (hit rate, patience, targets)")
+
+    @property
+    def total_rounds(self) -> int:
+        """Rounds the loop runs at most."""
+        if self.rounds is not None:
+            return self.rounds
+        return sum(stage.rounds for stage in self.schedule) or 2
+
+    def stage(self, round_index: int) -> ArityStage | None:
+        """The schedule stage of round ``round_index`` (1-based); the last stage repeats."""
+        if not self.schedule:
+            return None
+        done = 0
+        for stage in self.schedule:
+            done += stage.rounds
+            if round_index <= done:
+                return stage
+        return self.schedule[-1]
 
 
 class VaspSettings(_Section):
@@ -326,6 +404,7 @@ class RunConfig(_Section):
     prefilter: PrefilterConfig = PrefilterConfig()
     dft: DFTConfig = DFTConfig()
     learn: LearnConfig = LearnConfig()
+    loop: LoopConfig | None = None
     store: StoreConfig = StoreConfig()
     submit: SubmitConfig = SubmitConfig()
     output_dir: str = "runs"
@@ -348,7 +427,32 @@ class RunConfig(_Section):
                 )
             except CompositionError as exc:
                 raise ValueError(f"compositions[{i}]: {exc}") from None
+        if self.loop is not None:
+            self._check_loop(self.loop)
+        if self.learn.generator.enabled and not any(
+                s.kind == "diffusion" for s in self.generate.sources):
+            raise ValueError("learn: generator fine-tuning needs a diffusion source in "
+                             "generate.sources")
         return self
+
+    def _check_loop(self, loop: LoopConfig) -> None:
+        from pymatgen.core import Composition
+
+        formulas = {Composition(f).reduced_formula: i for i, f in enumerate(self.compositions)}
+        scheduled = {a for stage in loop.schedule for a in stage.arities}
+        if loop.schedule:
+            for formula, i in formulas.items():
+                arity = len(Composition(formula).elements)
+                if arity not in scheduled:
+                    raise ValueError(f"compositions[{i}]: {formula} has {arity} elements, "
+                                     "which no loop.schedule stage includes")
+        for j, target in enumerate(loop.targets):
+            try:
+                reduced = Composition(target).reduced_formula
+            except Exception:
+                raise ValueError(f"loop: targets[{j}]: not a formula: {target!r}") from None
+            if reduced not in formulas:
+                raise ValueError(f"loop: targets[{j}]: {target} is not one of the compositions")
 
     def redacted_dump(self) -> dict[str, Any]:
         """``model_dump(mode="json")`` safe to store, log or print (see :meth:`StoreConfig.redacted_dump`)."""

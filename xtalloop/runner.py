@@ -116,6 +116,105 @@ def execute(
     return result
 
 
+@dataclass
+class LoopResult:
+    """What an active-learning loop did: its round records and where its files are."""
+
+    loop_id: str
+    run_dir: Path
+    rounds: list[dict[str, Any]]
+    status: str
+    stopped_by: str | None
+    resumed_from: int | None = None
+    """The round a resumed loop started with (``None``: a new loop)."""
+    failed_jobs: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def unfinished_loop(config: RunConfig) -> dict[str, Any] | None:
+    """The newest loop of ``config.name`` in the store that did not finish, if any."""
+    with open_results(config.store) as db:
+        record = db.latest_run(config.name)
+    if record and record.get("kind") == "loop" and record.get("status") == "running":
+        return record
+    return None
+
+
+def execute_loop(
+    config: RunConfig,
+    progress: bool = True,
+    relax_maker: DftMaker | None = None,
+    resume: bool = True,
+) -> LoopResult:
+    """Run ``config``'s active-learning loop locally, round after round, until it stops.
+
+    Parameters
+    ----------
+    config
+        A validated run configuration with a ``loop`` section.
+    progress
+        Show progress bars.
+    relax_maker
+        Replaces the DFT relaxation maker the config's ``dft`` section describes.
+    resume
+        Continue the newest unfinished loop of the same name (killed or failed)
+        from the round it was in; ``False`` starts a new loop.
+    """
+    from jobflow import Flow
+
+    from xtalloop.workflows.csp import job_store_settings
+    from xtalloop.workflows.loop import LoopRoundMaker
+
+    if config.loop is None:
+        raise ValueError("execute_loop needs a config with a loop section")
+    previous = unfinished_loop(config) if resume else None
+    first_round = 1
+    with open_results(config.store) as db:
+        if previous is not None:
+            loop_id = previous["id"]
+            done = [r for r in db.rounds(loop_id) if r.get("status") == "completed"]
+            first_round = len(done) + 1
+        else:
+            loop_id = new_run_id(config.name)
+        run_dir = Path(config.output_dir).resolve() / loop_id
+        (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        db.save_run({"id": loop_id, "name": config.name, "kind": "loop", "status": "running",
+                     "config": config.redacted_dump(), "run_dir": str(run_dir),
+                     **({"started_at": now()} if previous is None
+                        else {"resumed_at": now(), "resumed_from_round": first_round})})
+    (run_dir / "config.json").write_text(json.dumps(config.redacted_dump(), indent=2))
+    job_config = config.model_copy(update={
+        "store": config.store.model_copy(update={"path": job_store_settings(config)["path"]}),
+        "output_dir": str(Path(config.output_dir).resolve()),
+    }).redacted_dump()
+    maker = LoopRoundMaker(config=job_config, loop_id=loop_id, relax_maker=relax_maker,
+                           progress=progress)
+    first = maker.make(first_round)
+    first.name = f"loop round {first_round}"
+    store = job_store(config.store)
+    with _quiet() as failures:
+        run_locally(Flow([first], name=f"xtalloop loop {config.name}"), store=store,
+                    create_folders=True, root_dir=run_dir / "jobs", log=False,
+                    ensure_success=False)
+
+    with open_results(config.store) as db:
+        record = db.get_run(loop_id) or {}
+        rounds = db.rounds(loop_id)
+        if record.get("status") == "running":  # a round job failed: the loop can resume
+            record = dict(record, status="interrupted",
+                          stopped_by="a job failed; run again to resume")
+            db.save_run({"id": loop_id, "status": "running",
+                         "failed_jobs": failures.messages})
+    result = LoopResult(loop_id, run_dir, rounds, record.get("status", "?"),
+                        record.get("stopped_by"),
+                        first_round if previous is not None else None, failures.messages)
+    (run_dir / "rounds.json").write_text(json.dumps(rounds, indent=2, default=str))
+    from xtalloop.report import write_report
+
+    result.report = write_report(config.store, loop_id, run_dir / "report")
+    return result
+
+
 def _output_or_none(store: Any, uuid: str) -> dict[str, Any] | None:
     """A finished job's output as plain dicts; ``None`` if it did not finish."""
     try:

@@ -20,6 +20,8 @@ VALIDATED = "validated"
 REFERENCES = "references"
 RUNS = "runs"
 CHECKPOINTS = "checkpoints"
+COMPOSITION_RESULTS = "composition_results"
+ROUNDS = "rounds"
 
 
 def now() -> str:
@@ -218,8 +220,9 @@ class ResultsDB:
         self.store(CHECKPOINTS).remove_docs({"job_uuid": job_uuid})
 
     def save_run(self, doc: dict[str, Any]) -> None:
-        """Insert or update a run record (keyed by ``id``)."""
-        self.store(RUNS).update([dict(doc, updated_at=now())], key="id")
+        """Insert a run record, or update the fields ``doc`` gives (keyed by ``id``)."""
+        old = self.get_run(doc["id"]) or {}
+        self.store(RUNS).update([{**old, **doc, "updated_at": now()}], key="id")
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """A run record by id."""
@@ -233,6 +236,38 @@ class ResultsDB:
             return None
         doc = max(docs, key=lambda d: d.get("started_at") or d.get("submitted_at") or "")
         return {k: v for k, v in doc.items() if k != "_id"}
+
+    # -- per-composition results and loop rounds ---------------------------------
+
+    def save_composition_result(self, run_id: str, result: dict[str, Any]) -> None:
+        """Record what one composition of a run produced, the moment it is validated.
+
+        ``result`` is :func:`~xtalloop.workflows.validate.record_validation`'s
+        summary; structures are dropped (they are in the validated collection).
+        """
+        summary = {k: v for k, v in result.items() if k != "validated"}
+        summary["validated"] = [{k: v for k, v in row.items() if k != "structure"}
+                                for row in result.get("validated", [])]
+        self.store(COMPOSITION_RESULTS).update(
+            [dict(summary, run_id=run_id, key=f"{run_id}:{result['formula']}",
+                  recorded_at=now())], key="key")
+
+    def composition_results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every composition result recorded for run ``run_id``, by formula."""
+        docs = self.store(COMPOSITION_RESULTS).query({"run_id": run_id})
+        return sorted(({k: v for k, v in d.items() if k != "_id"} for d in docs),
+                      key=lambda d: d["formula"])
+
+    def save_round(self, doc: dict[str, Any]) -> None:
+        """Insert or update the record of one round of a loop (``loop_id``, ``round``)."""
+        self.store(ROUNDS).update(
+            [dict(doc, key=f"{doc['loop_id']}:{doc['round']}", updated_at=now())], key="key")
+
+    def rounds(self, loop_id: str) -> list[dict[str, Any]]:
+        """The round records of a loop, in order."""
+        docs = self.store(ROUNDS).query({"loop_id": loop_id})
+        return sorted(({k: v for k, v in d.items() if k != "_id"} for d in docs),
+                      key=lambda d: d["round"])
 
     # -- statistics -------------------------------------------------------------
 

@@ -66,7 +66,7 @@ def csp_flow_maker(
         Replaces the DFT maker the ``dft`` section describes.
     """
     dft = config.dft
-    store = _job_store_settings(config)
+    store = job_store_settings(config)
     return CSPFlowMaker(
         generate_maker=GenerateMaker(
             sources=[s.model_dump() for s in config.generate.sources],
@@ -119,7 +119,7 @@ def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings
     """The learning job a run configuration's ``learn.energy_model`` section describes."""
     learning = config.learn.energy_model
     return EnergyModelTrainingMaker(
-        store=_job_store_settings(config),
+        store=job_store_settings(config),
         settings_key=settings_key,
         prefilter_model=config.prefilter.model,
         base_model=config.prefilter.base_model,
@@ -136,7 +136,7 @@ def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings
     )
 
 
-def _job_store_settings(config: RunConfig) -> dict[str, Any]:
+def job_store_settings(config: RunConfig) -> dict[str, Any]:
     """The store settings jobs carry: an absolute path, and no password (only where it is)."""
     return config.store.model_copy(
         update={"path": str(config.store.resolved_path)}).redacted_dump()

@@ -131,3 +131,88 @@ class EnergyModelTrainingMaker(Maker):
             "n_frames": {"train": len(train), "holdout": len(holdout)},
             "n_structures": {"train": len(groups(train)), "holdout": len(groups(holdout))},
         }
+
+
+@dataclass
+class GeneratorTrainingMaker(Maker):
+    """Fine-tune the diffusion generator on the store's DFT-validated stable structures.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    store
+        A dumped :class:`~xtalloop.config.StoreConfig`.
+    checkpoint
+        The parent checkpoint (the diffusion source the round sampled from).
+    settings_key
+        Only structures validated with these DFT settings are used.
+    stable_within
+        eV/atom above the DFT hull a structure may lie to be learned from.
+    epochs, lr_factor, batch_size, seed, device
+        Fine-tuning settings (learning rate = the parent's × ``lr_factor``).
+    min_structures
+        With fewer stable structures, nothing is trained.
+    """
+
+    name: str = "fine-tune generator"
+    store: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""
+    settings_key: str = ""
+    stable_within: float = 0.1
+    epochs: int = 20
+    lr_factor: float = 0.1
+    batch_size: int = 16
+    min_structures: int = 2
+    seed: int = 0
+    device: str = "cpu"
+
+    @job
+    def make(self, after: Any = None) -> dict[str, Any]:
+        """Fine-tune; ``after`` only orders the job after the round's validations.
+
+        Returns
+        -------
+        dict
+            ``checkpoint`` (the new file, ``None`` when skipped), ``parent``,
+            ``reason``, ``n_structures``, ``structure_ids`` and ``final_loss``.
+        """
+        import json
+
+        from pymatgen.core import Structure
+
+        from xtalloop.config import StoreConfig
+        from xtalloop.generators.diffusion import (
+            DiffusionConfig,
+            read_checkpoint,
+            structures_to_dataset,
+            train,
+        )
+        from xtalloop.store.results import open_results
+
+        parent = read_checkpoint(self.checkpoint)
+        max_atoms = int(parent.get("max_atoms") or 0)
+        with open_results(StoreConfig(**self.store)) as db:
+            docs = [d for d in db.find_validated(settings_key=self.settings_key,
+                                                 max_e_above_hull=self.stable_within)
+                    if d["dft"]["converged"] and (not max_atoms or d["nsites"] <= max_atoms)]
+        if len(docs) < self.min_structures:
+            reason = (f"{len(docs)} stable structure(s) of at most {max_atoms} atoms in the "
+                      f"store, {self.min_structures} needed")
+            logger.info("generator not fine-tuned: %s", reason)
+            return {"checkpoint": None, "parent": self.checkpoint, "reason": reason,
+                    "n_structures": len(docs)}
+        dataset = structures_to_dataset([Structure.from_dict(d["structure"]) for d in docs])
+        config = DiffusionConfig.model_validate(parent["config"])
+        config = config.model_copy(update={"train": config.train.model_copy(update={
+            "epochs": self.epochs, "finetune_lr_factor": self.lr_factor,
+            "batch_size": min(self.batch_size, len(docs)), "seed": self.seed,
+            "device": self.device, "max_time_s": None, "save_every": 0})})
+        path = train(config, dataset, Path.cwd() / "generator.pt",
+                     finetune_from=self.checkpoint, progress=False)
+        log = json.loads(path.with_suffix(".log.json").read_text())
+        history = log.get("history") or [{}]
+        return {"checkpoint": str(path), "parent": self.checkpoint,
+                "reason": f"fine-tuned on {len(docs)} stable structures",
+                "n_structures": len(docs), "structure_ids": [d["uuid"] for d in docs],
+                "final_loss": history[-1].get("loss")}

@@ -266,6 +266,9 @@ def record_validation(
     }
     new_failures = [f for f in failed if "replaced_by" not in f]
     if not reserves or not new_failures:
+        if run.get("id"):
+            with open_results(StoreConfig(**store)) as db:
+                db.save_composition_result(run["id"], result)
         return result
     replacements = reserves[:len(new_failures)]
     for failure, replacement in zip(new_failures, replacements, strict=False):

@@ -1,0 +1,271 @@
+"""The active-learning loop: planning, stopping, rounds as a dynamic jobflow graph, resume, report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+from typer.testing import CliRunner
+
+from conftest import EmtRelaxAsDftMaker
+from xtalloop.active_learning import plan_round, round_seed, stop_reason, summarise_round
+from xtalloop.cli import app
+from xtalloop.config import LoopConfig, RunConfig
+from xtalloop.errors import ConfigError
+from xtalloop.runner import execute_loop, unfinished_loop
+from xtalloop.store.results import open_results
+
+
+def loop_config(tmp_path, loop: dict, compositions=("Cu", "Au", "CuAu", "CuAgAu"),
+                **extra) -> RunConfig:
+    return RunConfig.model_validate({
+        "name": "emt-loop", "compositions": list(compositions), "charge_balance": "off",
+        "generate": {"seed": 1, "max_atoms": 4, "sources": [{"n": 3}]},
+        "prefilter": {"model": "emt", "top_k": 2, "steps": 60},
+        "loop": loop,
+        "store": {"path": str(tmp_path / "store")}, "output_dir": str(tmp_path / "runs"),
+        **extra,
+    })
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def test_loop_config_errors_name_the_key(tmp_path):
+    config = tmp_path / "loop.yaml"
+    config.write_text("name: x\ncompositions: [NaCl, MgO, Li3PS4]\n"
+                      "loop: {schedule: [{arities: [2]}]}\n")
+    from xtalloop.config import load_config
+
+    with pytest.raises(ConfigError, match=r"compositions\[2\]: Li3PS4 has 3 elements, which no "
+                                          r"loop.schedule stage includes"):
+        load_config(config)
+    config.write_text("name: x\ncompositions: [NaCl]\nloop: {targets: [MgO]}\n")
+    with pytest.raises(ConfigError, match=r"loop: targets\[0\]: MgO is not one of the"):
+        load_config(config)
+    config.write_text("name: x\ncompositions: [NaCl]\nloop: {schedule: [{arities: []}]}\n")
+    with pytest.raises(ConfigError, match=r"loop.schedule\[0\].arities"):
+        load_config(config)
+    config.write_text("name: x\ncompositions: [NaCl]\nlearn: {generator: {enabled: true}}\n")
+    with pytest.raises(ConfigError, match="needs a diffusion source"):
+        load_config(config)
+
+
+def test_schedule_stages_and_total_rounds():
+    loop = LoopConfig(schedule=[{"arities": [2, 3], "rounds": 2}, {"arities": [4]}])
+    assert loop.total_rounds == 3
+    assert [loop.stage(i).arities for i in (1, 2, 3, 4)] == [(2, 3), (2, 3), (4,), (4,)]
+    assert LoopConfig().total_rounds == 2 and LoopConfig().stage(1) is None
+    assert LoopConfig(rounds=5, schedule=[{"arities": [2]}]).total_rounds == 5
+
+
+# --- planning and stopping --------------------------------------------------------------
+
+
+def test_plan_follows_the_arity_schedule_and_the_dft_budget(tmp_path):
+    config = loop_config(tmp_path, {"schedule": [{"arities": [1, 2]}, {"arities": [3]}],
+                                    "dft_budget_per_round": 2})
+    first = plan_round(config, [], 1, stable_formulas={"Cu"})
+    # three compositions, budget 2: the ones without a stable structure go first, one pick each
+    assert first.compositions == ["Au", "CuAu"] and first.deferred == ["Cu"]
+    assert first.top_k == 1 and first.seed == round_seed(1, 1) == 1
+    second = plan_round(config, [{"round": 1, "dft_calls": 2, "new_stable": 1}], 2, set())
+    assert second.compositions == ["CuAgAu"] and second.top_k == 2 and second.seed == 1001
+    resumed = plan_round(config, [], 1, set(), done={"Au"})
+    assert resumed.compositions == ["Cu", "CuAu"] and resumed.done == ["Au"]
+
+
+def test_stopping_criteria():
+    loop = LoopConfig(rounds=5, max_dft_calls=10, patience=2, targets=["CuAu"])
+    assert stop_reason(loop, [], 1, set()) is None
+    assert stop_reason(loop, [{"dft_calls": 6}, {"dft_calls": 4}], 3, set()) == \
+        "DFT budget spent (10 of 10 calls)"
+    quiet = [{"dft_calls": 1, "new_stable": 1}, {"dft_calls": 1, "new_stable": 0},
+             {"dft_calls": 1, "new_stable": 0}]
+    assert "no new stable structure in the last 2" in stop_reason(loop, quiet, 4, set())
+    assert stop_reason(loop, quiet[:2], 3, set()) is None
+    assert stop_reason(loop, [], 2, {"CuAu", "Cu"}) == "targets reached: CuAu"
+    assert stop_reason(loop, [], 6, set()) == "all 5 rounds done"
+
+
+def test_round_summary_counts_hits_over_dft_calls():
+    results = [
+        {"formula": "A", "funnel": {"generated": 10, "relaxed": 9, "picked": 2},
+         "validated": [{"uuid": "a", "outcome": "new", "e_above_hull": 0.0},
+                       {"uuid": "b", "outcome": "duplicate", "e_above_hull": 0.05}],
+         "failed": []},
+        {"formula": "B", "funnel": {"generated": 10, "relaxed": 10, "picked": 2},
+         "validated": [{"uuid": "c", "outcome": "new", "e_above_hull": 0.5}],
+         "failed": [{"rank": 1, "reason": "SCF"}]},
+    ]
+    # a structure found later moved "a" off the hull: the current value counts
+    summary = summarise_round(results, 0.1, {"a": 0.2, "b": 0.05, "c": 0.5})
+    assert summary["dft_calls"] == 4 and summary["validated"] == 3
+    assert summary["stable"] == 1 and summary["new_stable"] == 0
+    assert summary["hit_rate"] == pytest.approx(0.25)
+    assert summary["funnel"] == {"generated": 20, "relaxed": 19, "picked": 4,
+                                 "dft_validated": 3, "stable": 1}
+
+
+# --- the loop end to end (EMT in place of DFT) -------------------------------------------------
+
+
+def test_loop_runs_rounds_by_arity_records_them_and_reports(tmp_path, one_torch_thread,
+                                                            monkeypatch):
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
+    config = loop_config(
+        tmp_path, {"schedule": [{"arities": [1, 2]}, {"arities": [3]}]},
+        learn={"energy_model": {"enabled": True, "ensemble_size": 1, "epochs": 4,
+                                "num_channels": 8, "r_max": 4.0, "min_structures": 2,
+                                "holdout_fraction": 0.3}},
+        prefilter={"model": "registry", "base_model": "emt", "top_k": 2, "steps": 60})
+    maker = EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05})
+    result = execute_loop(config, progress=False, relax_maker=maker)
+
+    assert result.status == "completed" and result.stopped_by == "all 2 rounds done"
+    assert result.failed_jobs == []
+    first, second = result.rounds
+    assert first["compositions"] == ["Cu", "Au", "CuAu"] and first["arities"] == [1, 2]
+    assert second["compositions"] == ["CuAgAu"] and second["seed"] == first["seed"] + 1000
+    for record in result.rounds:
+        assert record["status"] == "completed"
+        assert record["dft_calls"] == record["funnel"]["dft_validated"] >= 1
+        assert record["hit_rate"] == pytest.approx(record["stable"] / record["dft_calls"])
+    # round 1 trained an energy model; round 2 prefiltered with it if it was promoted
+    learned = first["energy_model"]
+    assert learned["model_id"] == "mace-1" and first["energy_model_used"] == "emt"
+    assert second["energy_model_used"] == ("mace-1" if learned["promoted"] else "emt")
+    with open_results(config.store) as db:
+        loop = db.get_run(result.loop_id)
+        assert loop["kind"] == "loop" and loop["status"] == "completed"
+        assert loop["rounds_completed"] == 2
+        docs = db.find_validated(run_id=f"{result.loop_id}-r2")
+        assert docs and all(d["run"]["round"] == 2 for d in docs)
+        assert db.get_run(f"{result.loop_id}-r1")["kind"] == "round"
+
+    report = result.report
+    assert report == result.run_dir / "report" / "report.html"
+    text = report.read_text()
+    for name in ("rounds.png", "funnel.png", "hull_Au-Cu.png", "hull_Ag-Au-Cu.png",
+                 "models.png"):
+        assert (report.parent / name).stat().st_size > 10_000, name
+        assert f"({name})" in text
+    cifs = sorted((report.parent / "cifs").glob("*.cif"))
+    assert {c.name.split("_")[0] for c in cifs} == {"Cu", "Au", "CuAu", "CuAgAu"}
+    assert all(f'href="cifs/{c.name}"' in text for c in cifs)
+    assert "all 2 rounds done" in text
+
+    # the report command writes the same from the run folder, in another folder
+    out = CliRunner().invoke(app, ["report", str(result.run_dir), "--out",
+                                   str(tmp_path / "again")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "again" / "report.html").is_file()
+    missing = CliRunner().invoke(app, ["report", "nope-123", "--store", config.store.path])
+    assert missing.exit_code != 0 and "no run 'nope-123'" in missing.output
+
+
+FLAG = "XTALLOOP_TEST_KILL_FLAG"
+
+
+@dataclass
+class KilledEmtMaker(EmtRelaxAsDftMaker):
+    """EMT "DFT" whose CuAgAu relaxation is killed (KeyboardInterrupt) while a flag file exists."""
+
+    def calculator_for(self, structure, remedy=None):
+        flag = os.environ.get(FLAG)
+        if structure.composition.reduced_formula == "CuAgAu" and flag and Path(flag).exists():
+            raise KeyboardInterrupt
+        return super().calculator_for(structure, remedy)
+
+
+def test_a_killed_loop_resumes_without_losing_or_redoing_work(tmp_path, monkeypatch):
+    flag = tmp_path / "kill"
+    flag.touch()
+    monkeypatch.setenv(FLAG, str(flag))
+    config = loop_config(tmp_path, {"schedule": [{"arities": [1]}, {"arities": [2, 3]}]})
+    maker = KilledEmtMaker(steps=30, relax_kwargs={"fmax": 0.05})
+    with pytest.raises(KeyboardInterrupt):
+        execute_loop(config, progress=False, relax_maker=maker)
+
+    unfinished = unfinished_loop(config)
+    assert unfinished is not None
+    loop_id = unfinished["id"]
+    with open_results(config.store) as db:
+        first, second = db.rounds(loop_id)
+        assert first["status"] == "completed" and second["status"] == "running"
+        # CuAu of round 2 was validated before the kill: it is in the store
+        assert [r["formula"] for r in db.composition_results(f"{loop_id}-r2")] == ["CuAu"]
+        kept = {d["uuid"] for d in db.find_validated()}
+
+    flag.unlink()
+    result = execute_loop(config, progress=False, relax_maker=maker)
+    assert result.loop_id == loop_id and result.resumed_from == 2
+    assert result.status == "completed"
+    first_again, second = result.rounds
+    assert first_again["finished_at"] == first["finished_at"]  # round 1 was not run again
+    assert second["done"] == ["CuAu"] and second["compositions"] == ["CuAgAu"]
+    assert second["compositions_validated"] == ["CuAgAu", "CuAu"]
+    with open_results(config.store) as db:
+        assert kept <= {d["uuid"] for d in db.find_validated()}
+        assert db.find_validated(formula="CuAgAu")
+    # a new loop of the same name starts from round 1 on request
+    assert unfinished_loop(config) is None
+
+
+def test_report_of_a_plain_run(tmp_path):
+    from xtalloop.report import write_report
+    from xtalloop.runner import execute
+
+    config = loop_config(tmp_path, None, compositions=("CuAu", "Cu"))
+    result = execute(config, progress=False,
+                     relax_maker=EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05}))
+    path = write_report(config.store, result.run_id, tmp_path / "report")
+    text = path.read_text()
+    assert "Run " + result.run_id in text and "hull_Au-Cu.png" in text
+    data = json.loads((result.run_dir / "summary.json").read_text())
+    n_calls = sum(len(c["validated"]) + len(c["failed"]) for c in data["compositions"])
+    assert f"{n_calls} DFT relaxations of picks" in text
+
+
+def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):
+    from xtalloop.generators.diffusion import (
+        DiffusionConfig,
+        ModelConfig,
+        NoiseConfig,
+        TrainConfig,
+        read_checkpoint,
+        structures_to_dataset,
+        train,
+    )
+
+    fcc = [Structure(Lattice.cubic(a), [el] * 4,
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+           for el, a in (("Cu", 3.61), ("Au", 4.08), ("Ag", 4.09))]
+    fcc += [s.get_primitive_structure() for s in fcc]
+    base = train(DiffusionConfig(model=ModelConfig(hidden_dim=16, n_layers=1, n_frequencies=2,
+                                                   time_dim=8),
+                                 noise=NoiseConfig(timesteps=20),
+                                 train=TrainConfig(epochs=2, batch_size=3, save_every=0)),
+                 structures_to_dataset(fcc), tmp_path / "base.pt", progress=False)
+    config = loop_config(
+        tmp_path, {"rounds": 2}, compositions=("Cu", "CuAu"),
+        generate={"seed": 1, "max_atoms": 4,
+                  "sources": [{"n": 3}, {"kind": "diffusion", "n": 2, "checkpoint": str(base)}]},
+        prefilter={"model": "emt", "top_k": 1, "steps": 60},
+        learn={"generator": {"enabled": True, "epochs": 2, "min_structures": 1}})
+    result = execute_loop(config, progress=False,
+                          relax_maker=EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05}))
+    assert result.status == "completed", result.failed_jobs
+    first, second = result.rounds
+    assert first["generator_used"] == str(base)
+    tuned = first["generator"]
+    assert tuned["checkpoint"] and tuned["n_structures"] >= 1
+    assert second["generator_used"] == tuned["checkpoint"]  # round 2 samples the new model
+    assert read_checkpoint(tuned["checkpoint"])["parent"]["path"].endswith("base.pt")
+    with open_results(config.store) as db:
+        generators = {d["generator"]["generator"] for d in db.find_validated()}
+    assert "random_symmetric" in generators
