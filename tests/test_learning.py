@@ -2,6 +2,7 @@
 
 import base64
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,24 @@ def test_registry_stores_fetches_and_promotes(store_config, tmp_path):
             registry.fetch(first, into=tmp_path / "other")
         with pytest.raises(XtalloopError, match="no model 'mace-9'"):
             registry.get("mace-9")
+
+
+def test_registry_model_is_used_only_for_elements_it_was_trained_on(store_config, tmp_path,
+                                                                    monkeypatch):
+    from xtalloop.learn.registry import resolve_model
+
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "member_0.model").write_bytes(b"weights")
+    with open_results(store_config) as db:
+        ModelRegistry(db).register(folder, parent="chgnet", metrics={}, parent_metrics={},
+                                   promoted=True, settings_key="k", elements=["Cu", "Au"])
+    store = store_config.model_dump()
+    spec, model_id = resolve_model("registry", "chgnet", store, ["Au", "Cu"])
+    assert model_id == "mace-1" and (Path(spec) / "member_0.model").is_file()
+    # a composition with an element the model never saw is prefiltered by the base model
+    assert resolve_model("registry", "chgnet", store, ["Au", "Ag"]) == ("chgnet", None)
 
 
 def test_promotion_needs_held_out_data_and_a_lower_error():

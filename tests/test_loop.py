@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +117,7 @@ def test_loop_runs_rounds_by_arity_records_them_and_reports(tmp_path, one_torch_
                                                             monkeypatch):
     monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
     config = loop_config(
-        tmp_path, {"schedule": [{"arities": [1, 2]}, {"arities": [3]}]},
+        tmp_path, {"schedule": [{"arities": [1, 2]}, {"arities": [2, 3]}]},
         learn={"energy_model": {"enabled": True, "ensemble_size": 1, "epochs": 4,
                                 "num_channels": 8, "r_max": 4.0, "min_structures": 2,
                                 "holdout_fraction": 0.3}},
@@ -130,7 +129,8 @@ def test_loop_runs_rounds_by_arity_records_them_and_reports(tmp_path, one_torch_
     assert result.failed_jobs == []
     first, second = result.rounds
     assert first["compositions"] == ["Cu", "Au", "CuAu"] and first["arities"] == [1, 2]
-    assert second["compositions"] == ["CuAgAu"] and second["seed"] == first["seed"] + 1000
+    assert second["compositions"] == ["CuAu", "CuAgAu"]
+    assert second["seed"] == first["seed"] + 1000
     for record in result.rounds:
         assert record["status"] == "completed"
         assert record["dft_calls"] == record["funnel"]["dft_validated"] >= 1
@@ -138,7 +138,8 @@ def test_loop_runs_rounds_by_arity_records_them_and_reports(tmp_path, one_torch_
     # round 1 trained an energy model; round 2 prefiltered with it if it was promoted
     learned = first["energy_model"]
     assert learned["model_id"] == "mace-1" and first["energy_model_used"] == "emt"
-    assert second["energy_model_used"] == ("mace-1" if learned["promoted"] else "emt")
+    # (CuAgAu falls back to EMT: mace-1 has never seen Ag)
+    assert second["energy_model_used"] == ("emt, mace-1" if learned["promoted"] else "emt")
     with open_results(config.store) as db:
         loop = db.get_run(result.loop_id)
         assert loop["kind"] == "loop" and loop["status"] == "completed"
@@ -214,21 +215,6 @@ def test_a_killed_loop_resumes_without_losing_or_redoing_work(tmp_path, monkeypa
         assert db.find_validated(formula="CuAgAu")
     # a new loop of the same name starts from round 1 on request
     assert unfinished_loop(config) is None
-
-
-def test_report_of_a_plain_run(tmp_path):
-    from xtalloop.report import write_report
-    from xtalloop.runner import execute
-
-    config = loop_config(tmp_path, None, compositions=("CuAu", "Cu"))
-    result = execute(config, progress=False,
-                     relax_maker=EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05}))
-    path = write_report(config.store, result.run_id, tmp_path / "report")
-    text = path.read_text()
-    assert "Run " + result.run_id in text and "hull_Au-Cu.png" in text
-    data = json.loads((result.run_dir / "summary.json").read_text())
-    n_calls = sum(len(c["validated"]) + len(c["failed"]) for c in data["compositions"])
-    assert f"{n_calls} DFT relaxations of picks" in text
 
 
 def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):

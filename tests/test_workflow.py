@@ -71,6 +71,15 @@ def test_run_stores_results_and_writes_the_run_folder(tmp_path, emt_dft_maker):
         assert doc["run"]["id"] == result.run_id
         assert db.get_run(result.run_id)["status"] == "completed"
 
+    # the report of a plain run: one round, its hull, its CIFs
+    from xtalloop.report import write_report
+
+    text = write_report(config.store, result.run_id, tmp_path / "report").read_text()
+    assert f"Run {result.run_id}" in text and "(hull_Au-Cu.png)" in text
+    n_calls = sum(len(c["validated"]) + len(c["failed"]) for c in summary["compositions"])
+    assert f"{n_calls} DFT relaxations of picks" in text
+    assert len(list((tmp_path / "report" / "cifs").glob("*.cif"))) == len(formulas)
+
 
 def test_rerun_does_not_duplicate_validated_structures(tmp_path, emt_dft_maker):
     config = emt_config(tmp_path, compositions=("Cu",))

@@ -80,6 +80,14 @@ def status(
         typer.echo("jobs: " + ", ".join(f"{n} {name}" for name, n in state["counts"].items()))
     for failure in state["failed"]:
         typer.echo(f"failed: {failure['name']}: {failure['error']}")
+    for r in state.get("rounds", []):
+        hit = r.get("hit_rate")
+        typer.echo(f"round {r['round']} ({r.get('status')}): "
+                   f"{', '.join(r.get('compositions') or []) or 'no compositions'}; "
+                   f"{r.get('dft_calls', '?')} DFT calls, {r.get('stable', '?')} stable"
+                   + ("" if hit is None else f", hit rate {hit:.0%}"))
+    if run.get("stopped_by"):
+        typer.echo(f"stopped: {run['stopped_by']}")
     validated = state["validated"]
     stable = [d for d in validated if d.get("e_above_hull") is not None
               and d["e_above_hull"] <= 0.1]

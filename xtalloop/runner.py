@@ -160,10 +160,7 @@ def execute_loop(
         Continue the newest unfinished loop of the same name (killed or failed)
         from the round it was in; ``False`` starts a new loop.
     """
-    from jobflow import Flow
-
-    from xtalloop.workflows.csp import job_store_settings
-    from xtalloop.workflows.loop import LoopRoundMaker
+    from xtalloop.workflows.loop import loop_flow
 
     if config.loop is None:
         raise ValueError("execute_loop needs a config with a loop section")
@@ -183,17 +180,10 @@ def execute_loop(
                      **({"started_at": now()} if previous is None
                         else {"resumed_at": now(), "resumed_from_round": first_round})})
     (run_dir / "config.json").write_text(json.dumps(config.redacted_dump(), indent=2))
-    job_config = config.model_copy(update={
-        "store": config.store.model_copy(update={"path": job_store_settings(config)["path"]}),
-        "output_dir": str(Path(config.output_dir).resolve()),
-    }).redacted_dump()
-    maker = LoopRoundMaker(config=job_config, loop_id=loop_id, relax_maker=relax_maker,
-                           progress=progress)
-    first = maker.make(first_round)
-    first.name = f"loop round {first_round}"
+    flow = loop_flow(config, loop_id, first_round, relax_maker, progress)
     store = job_store(config.store)
     with _quiet() as failures:
-        run_locally(Flow([first], name=f"xtalloop loop {config.name}"), store=store,
+        run_locally(flow, store=store,
                     create_folders=True, root_dir=run_dir / "jobs", log=False,
                     ensure_success=False)
 

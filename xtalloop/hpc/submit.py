@@ -49,7 +49,12 @@ def submit(
 
     run_id = run_id or new_run_id(config.name)
     run = {"id": run_id, "name": config.name}
-    flow = run_flow(config, run, progress=False, relax_maker=relax_maker)
+    if config.loop is not None:  # one job that adds each round's jobs as it runs
+        from xtalloop.workflows.loop import loop_flow
+
+        flow = loop_flow(config, run_id, relax_maker=relax_maker)
+    else:
+        flow = run_flow(config, run, progress=False, relax_maker=relax_maker)
     if launchpad is not None:
         from xtalloop.hpc.fireworks import submit_to_fireworks
 
@@ -59,6 +64,7 @@ def submit(
 
         submitted = submit_to_jobflow_remote(config, flow, run)
     record = {"id": run_id, "name": config.name, "status": "submitted", "submitted_at": now(),
+              **({"kind": "loop"} if config.loop is not None else {}),
               "config": config.redacted_dump(), "compositions": list(config.compositions),
               "submission": submitted}
     with open_results(config.store) as db:
@@ -87,7 +93,8 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
     -------
     dict
         ``run`` (the record), ``counts``, ``failed`` (id, name and error line
-        per failed job) and ``validated`` (structures stored by the run).
+        per failed job), ``validated`` (structures stored by the run, or by
+        every round of a loop) and ``rounds`` (a loop's round records).
     """
     record = _run_record(config, run_id)
     submission = record.get("submission")
@@ -106,13 +113,17 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
         state = jobflow_remote_status(config, submission["flow_uuid"], submission.get("project"))
         counts, failed = state["counts"], state["failed"]
     with open_results(config.store) as db:
-        validated = db.find_validated(run_id=record["id"])
+        rounds = db.rounds(record["id"]) if record.get("kind") == "loop" else []
+        run_ids = [r["run_id"] for r in rounds] or [record["id"]]
+        validated = list({d["uuid"]: d for rid in run_ids
+                          for d in db.find_validated(run_id=rid)}.values())
         if counts is not None and not counts.get("waiting") and not counts.get("running"):
             status = "completed" if not counts.get("failed") else "completed with failures"
             if record.get("status") != status:
                 record = {**record, "status": status, "finished_at": now()}
                 db.save_run(record)
-    return {"run": record, "counts": counts, "failed": failed, "validated": validated}
+    return {"run": record, "counts": counts, "failed": failed, "validated": validated,
+            "rounds": rounds}
 
 
 def rerun_failed(config: RunConfig, run_id: str | None = None) -> int:

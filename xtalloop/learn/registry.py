@@ -169,13 +169,14 @@ def should_promote(metrics: dict[str, Any], parent_metrics: dict[str, Any]) -> t
     return False, f"energy MAE {new:.1f} >= parent's {old:.1f} meV/atom: the parent stays"
 
 
-def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None
-                  ) -> tuple[str, str | None]:
+def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None,
+                  elements: list[str] | None = None) -> tuple[str, str | None]:
     """What a prefilter's model setting loads: ``(spec for load_energy_model, registry id)``.
 
     ``"registry"`` becomes the folder of the newest promoted model (fetched
     from ``store``, a dumped :class:`~xtalloop.config.StoreConfig`), or
-    ``base_model`` while the registry has none; any other spec is returned
+    ``base_model`` while the registry has none or while the promoted model
+    was not trained on every one of ``elements``; any other spec is returned
     as is with no registry id.
     """
     if spec != REGISTRY_SPEC:
@@ -190,4 +191,6 @@ def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None
         doc = registry.promoted()
         if doc is None:
             return base_model, None
+        if elements and doc.get("elements") and not set(elements) <= set(doc["elements"]):
+            return base_model, None  # e.g. a quaternary with an element no round has seen
         return str(registry.fetch(doc["model_id"])), doc["model_id"]

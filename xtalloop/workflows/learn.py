@@ -121,6 +121,7 @@ class EnergyModelTrainingMaker(Maker):
                 settings_key=self.settings_key, fine_tuned=bool(foundation),
                 training_structures=groups(train), holdout_structures=groups(holdout),
                 n_frames={"train": len(train), "holdout": len(holdout)},
+                elements=sorted(elements),
                 trainer=self.trainer.settings(), ensemble_size=self.ensemble_size,
                 seeds=[self.seed + i for i in range(self.ensemble_size)], run=self.run)
         logger.info("energy model %s: %s", model_id, reason)

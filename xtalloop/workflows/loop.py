@@ -138,6 +138,28 @@ class LoopRoundMaker(Maker):
 
 
 
+def loop_flow(config: RunConfig, loop_id: str, first_round: int = 1,
+              relax_maker: DftMaker | None = None, progress: bool = False) -> Flow:
+    """The loop as a flow of one job, round ``first_round``, that grows round by round.
+
+    The config travels with the job with an absolute store path and output
+    folder, so workers anywhere (local, FireWorks, jobflow-remote) read the same store.
+    """
+    from pathlib import Path
+
+    from xtalloop.workflows.csp import job_store_settings
+
+    dumped = config.model_copy(update={
+        "store": config.store.model_copy(update={"path": job_store_settings(config)["path"]}),
+        "output_dir": str(Path(config.output_dir).resolve()),
+    }).redacted_dump()
+    maker = LoopRoundMaker(config=dumped, loop_id=loop_id, relax_maker=relax_maker,
+                           progress=progress)
+    first = maker.make(first_round)
+    first.name = f"{maker.name} round {first_round}"
+    return Flow([first], output=first.output, name=f"xtalloop loop {config.name}")
+
+
 @job
 def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_within: float,
                  energy_model: dict[str, Any] | None = None,
@@ -162,12 +184,15 @@ def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_w
         summary = summarise_round(results, stable_within, hull)
         if energy_model is None:
             energy_model = _registered_by(db, run_id)
+        used = sorted({_model_label(r.get("energy_model")) for r in results
+                       if r.get("energy_model")})
         record = {k: v for k, v in (_round_record(db, loop_id, round_index) or {}).items()
                   if k not in ("key", "updated_at")}
         record.update(summary, loop_id=loop_id, round=round_index, run_id=run_id,
                       status="completed", finished_at=now(),
                       compositions_validated=[r["formula"] for r in results],
-                      energy_model=energy_model, generator=generator)
+                      energy_model=energy_model, generator=generator,
+                      **({"energy_model_used": ", ".join(used)} if used else {}))
         db.save_round(record)
         db.save_run({"id": run_id, "name": f"{record.get('name', loop_id)} round",
                      "kind": "round",
@@ -181,6 +206,11 @@ def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_w
                 summary["dft_calls"], summary["stable"],
                 "n/a" if hit is None else f"{hit:.0%}")
     return record
+
+
+def _model_label(model: dict[str, Any]) -> str:
+    """A prefilter model as the round record names it: its registry id, else its name."""
+    return str(model.get("registry_id") or model.get("name") or "?")
 
 
 def _round_record(db: ResultsDB, loop_id: str, round_index: int) -> dict[str, Any] | None:

@@ -59,13 +59,15 @@ class PrefilterMaker(Maker):
         """Relax ``candidates`` of ``formula`` and keep the ``top_k`` lowest-energy distinct ones."""
         from xtalloop.learn.registry import resolve_model
 
-        spec, registry_id = resolve_model(self.model, self.base_model, self.store)
+        composition = parse_composition(formula, charge_balance="off")
+        spec, registry_id = resolve_model(self.model, self.base_model, self.store,
+                                          [el.symbol for el in composition.elements])
         ranker = MLRanker(
             model=spec, device=self.device, fmax=self.fmax, steps=self.steps,
             top_k=self.top_k, max_e_above_hull=self.max_e_above_hull,
             explore_weight=self.explore_weight, progress=self.progress,
         )
-        ranking = ranker.rank(parse_composition(formula, charge_balance="off"), candidates)
+        ranking = ranker.rank(composition, candidates)
         if registry_id:
             ranking.energy_model = {**ranking.energy_model, "registry_id": registry_id}
         return ranking

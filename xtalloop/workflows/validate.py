@@ -263,6 +263,7 @@ def record_validation(
         "references": references,
         "ml_e_above_hull": list(ml_e_above_hull or []),
         "settings_key": key,
+        "energy_model": energy_model,
     }
     new_failures = [f for f in failed if "replaced_by" not in f]
     if not reserves or not new_failures:
