@@ -109,3 +109,22 @@ def test_unwritable_store_is_a_one_line_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="cannot create the embedded store"):
         ResultsDB(StoreConfig(path=str(blocker / "store"))).store("validated")
+
+
+def test_dropping_a_checkpoint_that_was_never_saved_breaks_nothing(store_config):
+    # a DFT relaxation that converges at its first step saves no checkpoint, then drops it
+    with ResultsDB(store_config) as db:
+        db.drop_checkpoint("job-1")
+        assert db.get_checkpoint("job-1") is None
+        db.save_checkpoint("job-2", {"x": 1}, 3)
+        assert db.get_checkpoint("job-2")["step"] == 3
+
+
+def test_an_empty_collection_file_left_by_montydb_is_repaired(store_config):
+    import sqlite3
+
+    folder = store_config.resolved_path / "xtalloop"
+    folder.mkdir(parents=True)
+    sqlite3.connect(folder / "checkpoints.collection").close()  # a file with no table
+    with ResultsDB(store_config) as db:
+        assert db.get_checkpoint("job-1") is None

@@ -83,9 +83,30 @@ def _embedded_store(config: StoreConfig, collection: str) -> MontyStore:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the embedded store at {path}: {exc.strerror}") from None
+    _remove_empty_collection_file(path / DATABASE_NAME / f"{collection}.collection")
     return MontyStore(
         collection, database_path=str(path), database_name=DATABASE_NAME, storage="sqlite"
     )
+
+
+def _remove_empty_collection_file(path: Path) -> None:
+    """Delete a collection file without a table (holds nothing; montydb would fail on it).
+
+    montydb's sqlite backend creates such a file when documents are deleted from
+    a collection that does not exist yet, and then takes the collection for
+    existing: every later query fails with ``no such table: documents``.
+    """
+    import sqlite3
+
+    if not path.is_file():
+        return
+    try:
+        with sqlite3.connect(path) as conn:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.Error:
+        return  # not ours to judge: let montydb report it
+    if tables == 0:
+        path.unlink(missing_ok=True)
 
 
 # -- MongoDB ------------------------------------------------------------------------

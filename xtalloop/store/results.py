@@ -217,7 +217,8 @@ class ResultsDB:
 
     def drop_checkpoint(self, job_uuid: str) -> None:
         """Forget job ``job_uuid``'s checkpoint (its relaxation finished)."""
-        self.store(CHECKPOINTS).remove_docs({"job_uuid": job_uuid})
+        if self.get_checkpoint(job_uuid) is not None:  # montydb: never delete from nothing
+            self.store(CHECKPOINTS).remove_docs({"job_uuid": job_uuid})
 
     def save_run(self, doc: dict[str, Any]) -> None:
         """Insert a run record, or update the fields ``doc`` gives (keyed by ``id``)."""
