@@ -1,0 +1,617 @@
+"""Arity extension: does fine-tuning on a few quaternaries/quinaries help the diffusion model?
+
+A base diffusion checkpoint trained on binaries and ternaries is fine-tuned on
+nested, seeded fractions of the quaternary and quinary training crystals that fit
+its largest cell; the base and every fine-tuned model are then scored by
+:func:`xtalloop.benchmark.csp.run_csp_benchmark` on the same held-out
+quaternary and quinary compositions with the same seeds.
+
+The pieces are small functions so that a test can run them on a tiny table; the
+command ``benchmarks/arity_extension.py`` wires them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Structure
+
+from xtalloop.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Arities (distinct elements) the benchmark fine-tunes on and evaluates.
+ARITIES: tuple[int, ...] = (4, 5)
+ARITY_NAMES: dict[int, str] = {1: "unary", 2: "binary", 3: "ternary", 4: "quaternary",
+                               5: "quinary", 6: "senary"}
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How each fine-tuning run is stopped and stepped.
+
+    Parameters
+    ----------
+    epochs
+        Fixed number of epochs (``None``: stop by ``minutes`` only).
+    minutes
+        Wall-time box per run (``None``: no box).
+    batch_size
+        Crystals per step (``None``: the parent's).
+    lr_factor
+        Learning rate = parent's lr × this (``None``: the parent's factor).
+    seed
+        Seed of shuffling and noise.
+    """
+
+    epochs: int | None = 150
+    minutes: float | None = None
+    batch_size: int | None = 16
+    lr_factor: float | None = None
+    seed: int = 0
+
+    def describe(self) -> str:
+        """Which budget stops a run, in words."""
+        if self.epochs is not None and self.minutes is not None:
+            return f"{self.epochs} epochs or {self.minutes:g} minutes, whichever comes first"
+        if self.epochs is not None:
+            return f"fixed {self.epochs} epochs"
+        return f"fixed {self.minutes:g} minutes"
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def parse_cif(cif: str) -> Structure | None:
+    """Structure of a CIF text without oxidation states (``None`` if unreadable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(str(cif), fmt="cif")
+    except Exception:  # the CIF parser raises many types on bad text
+        return None
+    structure.remove_oxidation_states()
+    return structure
+
+
+def rows_of_arity(
+    table: pd.DataFrame, arities: Sequence[int], max_atoms: int | None
+) -> pd.DataFrame:
+    """Rows whose structure has one of ``arities`` distinct elements and ≤ ``max_atoms`` atoms.
+
+    ``nsites`` and ``n_elements`` columns, where present, prune rows before the CIFs
+    are parsed; the decision is always made on the parsed structure. Unreadable and
+    disordered structures are dropped. The result has ``n_elements``, ``nsites`` and
+    ``formula`` (reduced) columns computed from the structures and keeps the
+    original row order.
+    """
+    frame = table
+    if max_atoms is not None and "nsites" in frame.columns:
+        frame = frame[pd.to_numeric(frame["nsites"], errors="coerce").fillna(0) <= max_atoms]
+    if "n_elements" in frame.columns:
+        frame = frame[pd.to_numeric(frame["n_elements"], errors="coerce").isin(list(arities))]
+    keep, n_el, n_sites, formulas = [], [], [], []
+    n_bad = 0
+    for position, cif in enumerate(frame["cif"]):
+        structure = parse_cif(cif)
+        if structure is None or not structure.is_ordered:
+            n_bad += 1
+            continue
+        arity = len(structure.composition.elements)
+        if arity not in arities or (max_atoms is not None and len(structure) > max_atoms):
+            continue
+        keep.append(position)
+        n_el.append(arity)
+        n_sites.append(len(structure))
+        formulas.append(structure.composition.reduced_formula)
+    if n_bad:
+        logger.warning("skipped %d unreadable or disordered structures", n_bad)
+    out = frame.iloc[keep].copy()
+    out["n_elements"] = n_el
+    out["nsites"] = n_sites
+    out["formula"] = formulas
+    return out
+
+
+def pick_eval_rows(rows: pd.DataFrame, arity: int, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows of ``arity`` elements with distinct reduced formulas, drawn with ``seed``.
+
+    Fewer are returned if fewer distinct formulas exist.
+    """
+    pool = rows[rows["n_elements"] == arity]
+    order = np.random.default_rng(seed).permutation(len(pool))
+    shuffled = pool.iloc[order].drop_duplicates("formula")
+    return shuffled.head(n)
+
+
+def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
+    """Seeded, nested index subsets of ``range(n)``: each is a prefix of one permutation.
+
+    A fraction ``f`` gets ``max(1, round(f * n))`` indices, so a smaller fraction's
+    subset lies inside every larger one's.
+
+    Raises
+    ------
+    ValueError
+        If a fraction is not in (0, 1] or ``n`` is zero.
+    """
+    if n < 1:
+        raise ValueError("no crystals to draw fine-tuning subsets from")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"fractions must lie in (0, 1], got {bad}")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return {float(f): sorted(order[: max(1, int(round(f * n)))]) for f in fractions}
+
+
+def row_ids(rows: pd.DataFrame) -> list[str]:
+    """``material_id`` of each row, or ``row-<index in the source table>`` without one."""
+    if "material_id" in rows.columns:
+        return [str(m) for m in rows["material_id"]]
+    return [f"row-{i}" for i in rows.index]
+
+
+def write_rows(rows: pd.DataFrame, path: Path) -> Path:
+    """Write rows (in their order) as a CSV that ``run_csp_benchmark`` reads whole."""
+    pd.DataFrame({"material_id": row_ids(rows), "cif": list(rows["cif"])}).to_csv(
+        path, index=False)
+    return path
+
+
+# --- models -------------------------------------------------------------------------
+
+
+def train_base(
+    train_csv: Path,
+    out: Path,
+    minutes: float,
+    max_atoms: int,
+    max_elements: int = 3,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the ``small_cpu`` preset on crystals of at most ``max_elements`` elements.
+
+    Uses the project's own training path (:func:`xtalloop.cli_generator.load_dataset`,
+    :func:`~xtalloop.cli_generator.with_train_settings`,
+    :func:`~xtalloop.cli_generator.run_training`).
+    """
+    from xtalloop.cli_generator import (
+        load_dataset,
+        run_training,
+        train_overrides,
+        with_train_settings,
+    )
+    from xtalloop.generators.diffusion import preset
+
+    config = with_train_settings(preset("small_cpu"), train_overrides(minutes=minutes, seed=seed))
+    dataset = load_dataset(train_csv, max_atoms, max_elements, None, cache_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_training(config, dataset, out, None, progress)
+
+
+def finetune(
+    parent: Path,
+    dataset: Any,
+    out: Path,
+    settings: FinetuneSettings,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune ``parent`` on ``dataset`` (a ``CrystalDataset``) and write ``out``."""
+    from xtalloop.cli_generator import (
+        load_checkpoint,
+        run_training,
+        train_overrides,
+        with_train_settings,
+    )
+    from xtalloop.generators.diffusion import DiffusionConfig
+
+    stored = load_checkpoint(parent)
+    # epochs None with a time box: let the box decide (tiny sets run many epochs)
+    epochs = settings.epochs if settings.epochs is not None else 1_000_000
+    overrides = train_overrides(epochs, settings.minutes, None, settings.batch_size, None,
+                                settings.seed)
+    overrides["save_every"] = 0  # many short epochs: write the checkpoint once, at the end
+    if settings.lr_factor is not None:
+        overrides["finetune_lr_factor"] = settings.lr_factor
+    config = with_train_settings(DiffusionConfig.model_validate(stored["config"]), overrides)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_training(config, dataset, out, None, progress, finetune_from=parent)
+
+
+# --- evaluation ---------------------------------------------------------------------
+
+
+def evaluate_model(
+    checkpoint: Path,
+    eval_csvs: dict[int, Path],
+    ks: Sequence[int],
+    n_steps: int | None,
+    seed: int,
+    progress: bool = True,
+    rerank: Callable[[list[Structure]], list[float]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """CSP benchmark results of one checkpoint, per arity, on the given tables.
+
+    Every arity's table is scored with the same ``seed`` (hence the same
+    per-composition seeds for every checkpoint). With ``rerank`` (energies per
+    atom of a list of structures), each composition's candidates are also
+    ordered by energy and ``ranked_match_rate["1"]`` is reported.
+    """
+    from xtalloop.benchmark.csp import run_csp_benchmark
+    from xtalloop.generators.diffusion import DiffusionGenerator
+
+    generator = DiffusionGenerator(checkpoint=str(checkpoint), n_steps=n_steps)
+    results: dict[int, dict[str, Any]] = {}
+    for arity, csv in eval_csvs.items():
+        energies: list[list[float]] = []
+        relax = None
+        if rerank is not None:
+            def relax(structures: list[Structure], _store: list = energies) -> list[Structure]:
+                # not a relaxation: records energies, returns the candidates unchanged
+                _store.append(list(rerank(structures)))
+                return structures
+
+        n_rows = len(pd.read_csv(csv))
+        result = run_csp_benchmark(csv, generator, n_rows, ks=ks, seed=seed, relax=relax,
+                                   progress=progress)
+        if rerank is not None:
+            result["relaxed"] = False
+            result["ranked_match_rate"] = {"1": ranked_match_at_1(result["per_composition"],
+                                                                  energies)}
+        results[arity] = result
+    return results
+
+
+def ranked_match_at_1(records: list[dict[str, Any]], energies: list[list[float]]) -> float | None:
+    """Share of compositions whose lowest-energy candidate matches the ground truth.
+
+    ``energies`` holds one list per record that has candidates, in record order.
+    """
+    if not records:
+        return None
+    lists = iter(energies)
+    hits = 0
+    for record in records:
+        if not record["n_candidates"]:
+            continue
+        values = next(lists)
+        finite = [(e, i) for i, e in enumerate(values) if e is not None and math.isfinite(e)]
+        if finite and record["rms"][min(finite)[1]] is not None:
+            hits += 1
+    return hits / len(records)
+
+
+def energy_ranker(spec: str) -> Callable[[list[Structure]], list[float]]:
+    """Energies per atom (single point) of structures from an energy model by name or path."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from xtalloop.benchmark.csp import degenerate
+    from xtalloop.models.energy_model import load_energy_model
+
+    model = load_energy_model(spec)
+
+    def per_atom(indices: list[int], out: list[float]) -> None:
+        atoms = [AseAtomsAdaptor.get_atoms(structures_[i]) for i in indices]
+        for i, p in zip(indices, model.predict(atoms), strict=True):
+            value = float(p.energy) / len(structures_[i])
+            out[i] = value if math.isfinite(value) else math.inf
+
+    structures_: list[Structure] = []
+
+    def energies(structures: list[Structure]) -> list[float]:
+        """Energy per atom of each structure; ``inf`` where the model cannot score it."""
+        structures_[:] = structures
+        good = [i for i, s in enumerate(structures) if not degenerate(s)]
+        out = [math.inf] * len(structures)
+        try:
+            if good:
+                per_atom(good, out)
+        except Exception:  # e.g. CHGNet refuses a batch holding isolated atoms: one by one
+            for i in good:
+                try:
+                    per_atom([i], out)
+                except Exception as exc:  # an unscorable candidate ranks last
+                    logger.debug("energy model failed on candidate %d: %s", i, exc)
+        return out
+
+    return energies
+
+
+# --- the whole benchmark --------------------------------------------------------------
+
+
+def run_arity_benchmark(
+    train_csv: Path,
+    val_csv: Path,
+    base_checkpoint: Path,
+    ckpt_dir: Path,
+    fractions: Sequence[float] = (0.01, 0.05, 0.1),
+    n_per_arity: int = 30,
+    ks: Sequence[int] = (1, 20),
+    n_steps: int | None = 100,
+    finetune_settings: FinetuneSettings = FinetuneSettings(),
+    seed: int = 0,
+    base_minutes: float = 42.0,
+    base_max_atoms: int = 12,
+    prefilter: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the base on nested quaternary/quinary subsets and score every model.
+
+    Parameters
+    ----------
+    train_csv, val_csv
+        Structure tables (``cif`` column; ``material_id`` optional).
+    base_checkpoint
+        Diffusion checkpoint trained on binaries and ternaries; trained here
+        (``small_cpu`` preset, ``base_minutes``, ≤ ``base_max_atoms`` atoms) if missing.
+    ckpt_dir
+        Folder for the fine-tuned checkpoints.
+    fractions
+        Shares of the quaternary+quinary training crystals to fine-tune on.
+    n_per_arity
+        Held-out compositions per arity.
+    ks
+        Candidates per composition at which match rates are reported.
+    n_steps
+        Reverse diffusion steps of the (respaced) sampler.
+    finetune_settings
+        Epochs or time box, batch size, learning-rate factor, seed of fine-tuning.
+    seed
+        Seeds the subsets, the held-out draw and the sampling.
+    prefilter
+        Energy model (``chgnet``, ``emt``, a MACE path) that re-ranks candidates.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable settings, data sizes, timings and per-model results.
+    """
+    from tqdm.auto import tqdm
+
+    from xtalloop.cli_generator import load_checkpoint
+    from xtalloop.generators.diffusion import load_csv
+    from xtalloop.generators.prototype_substitution import read_structure_csv
+
+    started = time.perf_counter()
+    timings: dict[str, Any] = {}
+    fractions = sorted({float(f) for f in fractions})
+    ks = sorted({int(k) for k in ks})
+
+    base_trained_here = not Path(base_checkpoint).is_file()
+    if base_trained_here:
+        t0 = time.perf_counter()
+        logger.info("training the base model for %s minutes", base_minutes)
+        train_base(train_csv, base_checkpoint, base_minutes, base_max_atoms, seed=seed,
+                   progress=progress)
+        timings["base_train_s"] = time.perf_counter() - t0
+    base = load_checkpoint(base_checkpoint)
+    max_atoms = int(base["max_atoms"])
+
+    # fine-tuning pool: the train quaternaries/quinaries that fit the model's cells
+    t0 = time.perf_counter()
+    try:
+        pool = load_csv(train_csv, max_atoms=max_atoms, n_elements=ARITIES)
+    except Exception as exc:  # pandas, gzip and CIF parser errors all mean a bad file
+        raise DataError(f"cannot read training data {train_csv}: {exc}") from None
+    if len(pool) == 0:
+        raise DataError(f"{train_csv} has no crystals of {ARITIES} elements "
+                        f"with at most {max_atoms} atoms to fine-tune on")
+    subsets = nested_subsets(len(pool), fractions, seed)
+    timings["load_train_s"] = time.perf_counter() - t0
+
+    # held-out compositions
+    t0 = time.perf_counter()
+    val_rows = rows_of_arity(read_structure_csv(val_csv), ARITIES, max_atoms)
+    eval_rows = {a: pick_eval_rows(val_rows, a, n_per_arity, seed) for a in ARITIES}
+    eval_rows = {a: r for a, r in eval_rows.items() if len(r)}
+    if not eval_rows:
+        raise DataError(f"{val_csv} has no structures of {ARITIES} elements "
+                        f"with at most {max_atoms} atoms")
+    timings["load_val_s"] = time.perf_counter() - t0
+
+    models: list[dict[str, Any]] = [{
+        "name": "base", "fraction": 0.0, "n_finetune": 0, "checkpoint": str(base_checkpoint),
+    }]
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for fraction in tqdm(fractions, desc="fine-tuning", unit="model", disable=not progress):
+        indices = subsets[fraction]
+        out = ckpt_dir / f"finetune_{fraction:g}.pt"
+        t0 = time.perf_counter()
+        finetune(base_checkpoint, pool.subset(indices), out, finetune_settings, progress=False)
+        log = json.loads(out.with_suffix(".log.json").read_text())
+        history = log.get("history") or [{}]
+        models.append({
+            "name": f"finetune {fraction:g}", "fraction": fraction, "n_finetune": len(indices),
+            "checkpoint": str(out), "finetune_s": time.perf_counter() - t0,
+            "epochs": log["epoch"], "steps": log["step"], "stopped_by": log["stopped_by"],
+            "final_loss": history[-1].get("loss"),
+        })
+
+    ranker = energy_ranker(prefilter) if prefilter else None
+    with tempfile.TemporaryDirectory(prefix="arity-") as tmp:
+        csvs = {a: write_rows(r, Path(tmp) / f"val_{a}.csv") for a, r in eval_rows.items()}
+        for model in tqdm(models, desc="evaluating", unit="model", disable=not progress):
+            t0 = time.perf_counter()
+            per_arity = evaluate_model(Path(model["checkpoint"]), csvs, ks, n_steps, seed,
+                                       progress=progress, rerank=ranker)
+            model["eval_s"] = time.perf_counter() - t0
+            model["results"] = {str(a): _compact(r) for a, r in per_arity.items()}
+
+    return {
+        "benchmark": "arity_extension",
+        "settings": {
+            "train_csv": str(train_csv),
+            "val_csv": str(val_csv),
+            "base_checkpoint": str(base_checkpoint),
+            "base_trained_here": base_trained_here,
+            "base_minutes": base_minutes if base_trained_here else None,
+            "fractions": fractions,
+            "n_per_arity": n_per_arity,
+            "ks": ks,
+            "n_steps": n_steps,
+            "seed": seed,
+            "arities": list(ARITIES),
+            "max_atoms": max_atoms,
+            "finetune": {
+                "budget": finetune_settings.describe(),
+                "epochs": finetune_settings.epochs,
+                "minutes": finetune_settings.minutes,
+                "batch_size": finetune_settings.batch_size,
+                "lr_factor": finetune_settings.lr_factor,
+                "seed": finetune_settings.seed,
+            },
+            "prefilter": prefilter,
+        },
+        "data": {
+            "base_n_train": int(base["n_train"]),
+            "base_epoch": int(base["epoch"]),
+            "finetune_pool": len(pool),
+            "finetune_pool_per_arity": _pool_arities(pool),
+            "finetune_sizes": {f"{f:g}": len(subsets[f]) for f in fractions},
+            "finetune_indices": {f"{f:g}": subsets[f] for f in fractions},
+            "val_candidates_per_arity": {
+                str(a): int((val_rows["n_elements"] == a).sum()) for a in ARITIES},
+            "n_eval_per_arity": {str(a): len(r) for a, r in eval_rows.items()},
+            "eval_material_ids": {str(a): row_ids(r) for a, r in eval_rows.items()},
+        },
+        "models": models,
+        "timings": {**timings, "total_s": time.perf_counter() - started},
+    }
+
+
+def _pool_arities(pool: Any) -> dict[str, int]:
+    """Crystals per arity in a ``CrystalDataset`` (distinct atomic numbers per crystal)."""
+    counts: dict[str, int] = {}
+    offsets = np.concatenate([[0], np.cumsum(pool.num_atoms.numpy())])
+    types = pool.atom_types.numpy()
+    for start, stop in zip(offsets[:-1], offsets[1:], strict=True):
+        key = str(len(set(types[start:stop].tolist())))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a CSP result worth keeping per model and arity."""
+    keep = ("n_compositions", "match_rate", "rmse", "n_generated", "n_zero_candidates",
+            "n_failed", "time_per_structure_s", "generate_time_s", "match_time_s",
+            "wall_time_s", "ranked_match_rate")
+    out = {k: result[k] for k in keep if k in result}
+    out["per_composition"] = [
+        {"material_id": r["material_id"], "formula": r["formula"],
+         "n_candidates": r["n_candidates"],
+         "rms": [None if x is None else round(x, 4) for x in r["rms"]]}
+        for r in result["per_composition"]
+    ]
+    return out
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """Match rates as a Markdown table: one row per model, one column per arity and k."""
+    ks = [str(k) for k in result["settings"]["ks"]]
+    n_eval = result["data"]["n_eval_per_arity"]
+    arities = list(n_eval)
+    ranked = result["settings"].get("prefilter")
+    header = ["model", "fine-tune crystals"]
+    for a in arities:
+        name = ARITY_NAMES.get(int(a), f"{a}-ary")
+        header += [f"{name} (n={n_eval[a]}) @{k}" for k in ks]
+        if ranked:
+            header.append(f"{name} {ranked}-ranked @1")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in result["models"]:
+        label = "base" if model["fraction"] == 0 else f"fine-tuned {100 * model['fraction']:g}%"
+        cells = [label, str(model["n_finetune"])]
+        for a in arities:
+            r = model["results"][a]
+            cells += [_pct(r["match_rate"][k]) for k in ks]
+            if ranked:
+                cells.append(_pct(r.get("ranked_match_rate", {}).get("1")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``match_rate.png`` to ``out_dir``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md",
+             "png": out_dir / "match_rate.png"}
+    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+
+    s = result["settings"]
+    d = result["data"]
+    text = [
+        "# Arity extension: fine-tuning the diffusion model on quaternaries/quinaries",
+        "",
+        f"- base checkpoint: `{s['base_checkpoint']}` ({d['base_n_train']} training crystals, "
+        f"epoch {d['base_epoch']})",
+        f"- fine-tuning pool: {d['finetune_pool']} crystals of {s['arities']} elements with "
+        f"at most {s['max_atoms']} atoms from `{s['train_csv']}`; nested seeded subsets "
+        f"{d['finetune_sizes']}",
+        f"- fine-tuning budget: {s['finetune']['budget']} (batch size "
+        f"{s['finetune']['batch_size'] or 'parent'}, lr factor "
+        f"{s['finetune']['lr_factor'] or 'of the parent'})",
+        f"- evaluation: {d['n_eval_per_arity']} held-out compositions per arity from "
+        f"`{s['val_csv']}` (at most {s['max_atoms']} atoms, distinct formulas, seed "
+        f"{s['seed']}), {s['n_steps']} sampler steps, StructureMatcher(stol=0.5, ltol=0.3, "
+        "angle_tol=10), no relaxation",
+        f"- total wall time: {result['timings']['total_s'] / 60:.1f} min",
+        "",
+        markdown_table(result),
+        "",
+    ]
+    paths["md"].write_text("\n".join(text))
+
+    figure = Figure(figsize=(6.5, 4))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    x = [100 * m["fraction"] for m in result["models"]]
+    styles = ["-", "--", "-.", ":"]
+    top = 0.0
+    for colour, a in enumerate(d["n_eval_per_arity"]):
+        name = ARITY_NAMES.get(int(a), f"{a}-ary")
+        n = d["n_eval_per_arity"][a]
+        curves = [(f"k={k}", [m["results"][a]["match_rate"][str(k)] for m in result["models"]])
+                  for k in s["ks"]]
+        if s.get("prefilter"):
+            curves.append((f"ranked by {s['prefilter']}, k=1",
+                           [m["results"][a].get("ranked_match_rate", {}).get("1")
+                            for m in result["models"]]))
+        for i, (what, y) in enumerate(curves):
+            values = [np.nan if v is None else v for v in y]
+            top = max([top, *(v for v in values if np.isfinite(v))])
+            ax.plot(x, values, marker="o", ls=styles[i % len(styles)], color=f"C{colour}",
+                    label=f"{name} (n={n}), {what}")
+    ax.set_xlabel("fine-tuning set (% of train quaternaries+quinaries; 0 = base)")
+    ax.set_ylabel("match rate")
+    ax.set_ylim(0, min(1.0, max(0.1, 1.25 * top)))
+    ax.set_title("Diffusion model: arity extension by fine-tuning")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(paths["png"], dpi=120)
+    return paths
