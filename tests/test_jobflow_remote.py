@@ -219,3 +219,28 @@ def test_example_project_file_is_a_valid_project(jobflow_remote, tmp_path, monke
 def test_project_stores_need_a_mongodb_store(tmp_path):
     with pytest.raises(ConfigError, match="store.backend: mongodb"):
         project_stores(StoreConfig(path=str(tmp_path / "s")))
+
+
+@pytest.mark.slow  # the local worker starts a process per job: about 10 minutes here
+def test_loop_rounds_run_through_jobflow_remote(tmp_path, mongo_config, jfr_project,
+                                                emt_dft_maker):
+    path = write_config(tmp_path, mongo_config, compositions=("Cu", "Au", "CuAu"))
+    data = yaml.safe_load(path.read_text())
+    data["loop"] = {"schedule": [{"arities": [1]}, {"arities": [2]}]}
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+
+    record = submit(config, run_id="jfr-loop", relax_maker=emt_dft_maker)
+    assert record["kind"] == "loop" and record["submission"]["n_jobs"] == 1
+    # each round job adds its round's jobs and the next round job
+    run_all_jobs(jfr_project, max_seconds=1500)
+
+    with open_results(config.store) as db:
+        rounds = db.rounds("jfr-loop")
+        loop = db.get_run("jfr-loop")
+    assert [r["status"] for r in rounds] == ["completed", "completed"]
+    assert [r["compositions"] for r in rounds] == [["Cu", "Au"], ["CuAu"]]
+    assert loop["status"] == "completed" and loop["stopped_by"] == "all 2 rounds done"
+    state = run_status(config, "jfr-loop")
+    assert state["counts"]["failed"] == 0 and state["counts"]["waiting"] == 0
+    assert {d["formula"] for d in state["validated"]} == {"Cu", "Au", "CuAu"}

@@ -255,3 +255,57 @@ def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):
     with open_results(config.store) as db:
         generators = {d["generator"]["generator"] for d in db.find_validated()}
     assert "random_symmetric" in generators
+
+
+# --- the real loop: GPAW, CHGNet, MACE (make test-slow) -------------------------------------
+
+
+ACTIVE_LEARNING = Path(__file__).parent.parent / "configs" / "active_learning.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.dft
+def test_active_learning_config_killed_and_resumed_with_gpaw(tmp_path, require_gpaw):
+    """The README's loop: killed during round 2, run again, finished within the hour."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xtalloop.config import StoreConfig
+
+    store = StoreConfig(path=str(tmp_path / "store"))
+    command = [sys.executable, "-m", "xtalloop.cli", "run", str(ACTIVE_LEARNING),
+               "--store", store.path, "--output-dir", str(tmp_path / "runs"), "--no-progress"]
+    started = time.monotonic()
+    log = tmp_path / "first.log"  # a file, not a pipe: a full pipe would block the run
+    first = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    loop_id = None
+    while first.poll() is None and time.monotonic() - started < 3600:
+        time.sleep(10)
+        with open_results(store) as db:
+            loops = list(db.store("runs").query({"kind": "loop"}))
+            if loops:
+                loop_id = loops[0]["id"]
+                if db.composition_results(f"{loop_id}-r2"):  # round 2 is under way
+                    first.send_signal(signal.SIGKILL)
+                    break
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    with open_results(store) as db:
+        done_before = {r["formula"] for r in db.composition_results(f"{loop_id}-r2")}
+        kept = {d["uuid"] for d in db.find_validated()}
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    elapsed = time.monotonic() - started
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"resuming loop {loop_id}" in second.stdout
+    with open_results(store) as db:
+        rounds = db.rounds(loop_id)
+        assert [r["status"] for r in rounds] == ["completed", "completed"]
+        assert set(rounds[1]["done"]) == done_before  # not validated twice
+        assert kept <= {d["uuid"] for d in db.find_validated()}
+        assert rounds[0]["energy_model"]["model_id"]  # round 1 trained a MACE ensemble
+    report = tmp_path / "runs" / loop_id / "report" / "report.html"
+    assert report.is_file() and "(rounds.png)" in report.read_text()
+    assert elapsed < 3600, f"{elapsed / 60:.0f} min"
