@@ -292,6 +292,10 @@ hit rate = stable / DFT calls.</p>
 {_table(["formula", "space group", "atoms", "E (eV/atom)", "E above hull (eV/atom)", "round",
          "generator", "prefilter model", "converged", "file"], best_rows)}
 <h2>Figures</h2>
+<p class="note">Hulls hold the phases of this store computed with the same DFT settings:
+elemental references and validated structures. A competing phase that no run has computed
+is missing, so energies above hull are lower bounds: "stable" means stable against what
+is known.</p>
 {notes}{images}
 </body></html>
 """
