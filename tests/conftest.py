@@ -153,3 +153,31 @@ def mongo_config(mongodb_server, mongo_password, request) -> StoreConfig:
     return StoreConfig(backend="mongodb", uri=f"mongodb://{USER}@127.0.0.1:{mongodb_server.port}",
                        database=f"t_{request.node.name[:40]}".replace("[", "_").replace("]", ""),
                        auth_source="admin", password_env=PASSWORD_ENV)
+
+
+# --- a two-round loop submitted to a workflow manager (FireWorks, jobflow-remote) ---------
+
+
+def with_two_round_loop(path: Path) -> None:
+    """Add to a run config file a loop: elements (round 1), then binaries (round 2)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["loop"] = {"schedule": [{"arities": [1]}, {"arities": [2]}]}
+    path.write_text(yaml.safe_dump(data))
+
+
+def assert_two_round_loop_done(config, loop_id: str, state: dict) -> None:
+    """Both rounds of :func:`with_two_round_loop` on Cu, Au, CuAu ran and were recorded."""
+    from xtalloop.store.results import open_results
+
+    with open_results(config.store) as db:
+        rounds = db.rounds(loop_id)
+        loop = db.get_run(loop_id)
+    assert [r["status"] for r in rounds] == ["completed", "completed"]
+    assert [r["compositions"] for r in rounds] == [["Cu", "Au"], ["CuAu"]]
+    assert loop["status"] == "completed" and loop["stopped_by"] == "all 2 rounds done"
+    assert rounds[1]["dft_calls"] >= 1
+    assert state["counts"]["failed"] == 0 and state["counts"]["waiting"] == 0
+    assert {d["formula"] for d in state["validated"]} == {"Cu", "Au", "CuAu"}
+    assert [r["round"] for r in state["rounds"]] == [1, 2]

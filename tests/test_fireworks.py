@@ -20,7 +20,12 @@ import yaml
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from conftest import FLAG_ENV, FlakyEmtMaker
+from conftest import (
+    FLAG_ENV,
+    FlakyEmtMaker,
+    assert_two_round_loop_done,
+    with_two_round_loop,
+)
 from mongodb_server import PASSWORD, PASSWORD_ENV, USER, free_port
 from xtalloop.config import RunConfig, load_config
 from xtalloop.hpc.fireworks import launchpad_for, recover_lost_fireworks
@@ -246,24 +251,12 @@ def test_submit_to_an_unreachable_server_is_one_line(tmp_path, mongo_password):
 
 def test_loop_rounds_run_through_fireworks(tmp_path, mongo_config, emt_dft_maker):
     path = write_config(tmp_path, mongo_config, compositions=("Cu", "Au", "CuAu"))
-    data = yaml.safe_load(path.read_text())
-    data["loop"] = {"schedule": [{"arities": [1]}, {"arities": [2]}]}
-    path.write_text(yaml.safe_dump(data))
+    with_two_round_loop(path)
     config = load_config(path)
 
     record = submit(config, run_id="fw-loop", relax_maker=emt_dft_maker)
     assert record["kind"] == "loop" and record["submission"]["n_jobs"] == 1
     rapidfire_here(config, tmp_path / "w1")  # the round jobs add the rounds as they run
 
-    with open_results(config.store) as db:
-        rounds = db.rounds("fw-loop")
-        loop = db.get_run("fw-loop")
-    assert [r["status"] for r in rounds] == ["completed", "completed"]
-    assert [r["compositions"] for r in rounds] == [["Cu", "Au"], ["CuAu"]]
-    assert loop["status"] == "completed" and loop["stopped_by"] == "all 2 rounds done"
-    assert rounds[1]["dft_calls"] >= 1
-    state = run_status(config, "fw-loop")
-    assert state["counts"]["failed"] == 0 and state["counts"]["waiting"] == 0
-    assert {d["formula"] for d in state["validated"]} == {"Cu", "Au", "CuAu"}
-    assert [r["round"] for r in state["rounds"]] == [1, 2]
+    assert_two_round_loop_done(config, "fw-loop", run_status(config, "fw-loop"))
     assert_nothing_duplicated(config)

@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FLAG_ENV, FlakyEmtMaker
+from conftest import (
+    FLAG_ENV,
+    FlakyEmtMaker,
+    assert_two_round_loop_done,
+    with_two_round_loop,
+)
 from mongodb_server import PASSWORD
 from xtalloop.config import StoreConfig, load_config
 from xtalloop.errors import ConfigError, StoreError, XtalloopError
@@ -225,9 +230,7 @@ def test_project_stores_need_a_mongodb_store(tmp_path):
 def test_loop_rounds_run_through_jobflow_remote(tmp_path, mongo_config, jfr_project,
                                                 emt_dft_maker):
     path = write_config(tmp_path, mongo_config, compositions=("Cu", "Au", "CuAu"))
-    data = yaml.safe_load(path.read_text())
-    data["loop"] = {"schedule": [{"arities": [1]}, {"arities": [2]}]}
-    path.write_text(yaml.safe_dump(data))
+    with_two_round_loop(path)
     config = load_config(path)
 
     record = submit(config, run_id="jfr-loop", relax_maker=emt_dft_maker)
@@ -235,12 +238,4 @@ def test_loop_rounds_run_through_jobflow_remote(tmp_path, mongo_config, jfr_proj
     # each round job adds its round's jobs and the next round job
     run_all_jobs(jfr_project, max_seconds=1500)
 
-    with open_results(config.store) as db:
-        rounds = db.rounds("jfr-loop")
-        loop = db.get_run("jfr-loop")
-    assert [r["status"] for r in rounds] == ["completed", "completed"]
-    assert [r["compositions"] for r in rounds] == [["Cu", "Au"], ["CuAu"]]
-    assert loop["status"] == "completed" and loop["stopped_by"] == "all 2 rounds done"
-    state = run_status(config, "jfr-loop")
-    assert state["counts"]["failed"] == 0 and state["counts"]["waiting"] == 0
-    assert {d["formula"] for d in state["validated"]} == {"Cu", "Au", "CuAu"}
+    assert_two_round_loop_done(config, "jfr-loop", run_status(config, "jfr-loop"))

@@ -153,6 +153,19 @@ def test_holdout_is_fixed_per_structure_and_references_always_train():
         atoms.info["group"] = names[i // 2]  # two frames per structure
     train, holdout = split_frames(frames, 0.5)
     assert not {a.info["group"] for a in train} & {a.info["group"] for a in holdout}
+    # few structures, none below the hash threshold: the smallest hash is still held out
+    train, holdout = split_frames(frames, 1e-9)
+    held = {a.info["group"] for a in holdout}
+    assert len(held) == 1 and not held & {a.info["group"] for a in train}
+    assert split_frames(frames, 1e-9) == (train, holdout)  # the same every time
+    grown = emt_frames(seed=1, n=2)
+    for atoms in grown:
+        atoms.info["group"] = "uuid-new"
+    _, later = split_frames(frames + grown, 1e-9)  # a later round: more structures
+    assert {a.info["group"] for a in later} <= held | {"uuid-new"}
+    single = frames[:2]  # one structure: nothing to hold out
+    assert split_frames(single, 0.2) == (single, [])
+    assert split_frames(frames, 0.0)[1] == []
 
 
 def test_stress_units_from_both_dft_codes():

@@ -102,8 +102,13 @@ def frames_from_store(db: ResultsDB, settings_key: str, max_frames_per_relaxatio
     return frames
 
 
+def _hash_fraction(group: str) -> float:
+    """A number in [0, 1] fixed by the group name."""
+    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def is_holdout(group: str, fraction: float) -> bool:
-    """Whether a structure belongs to the held-out test set.
+    """Whether a structure belongs to the held-out test set by its hash alone.
 
     Decided by a hash of the group name, so a structure stays on the same side
     from one training round to the next: a parent model is never tested on
@@ -111,16 +116,25 @@ def is_holdout(group: str, fraction: float) -> bool:
     """
     if group.startswith("reference:") or fraction <= 0:
         return False
-    digest = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16)
-    return digest / 0xFFFFFFFF < fraction
+    return _hash_fraction(group) < fraction
 
 
 def split_frames(frames: Iterable[Atoms], holdout_fraction: float
                  ) -> tuple[list[Atoms], list[Atoms]]:
-    """``(train, holdout)`` by structure (see :func:`is_holdout`)."""
-    train, holdout = [], []
-    for atoms in frames:
-        (holdout if is_holdout(atoms.info["group"], holdout_fraction) else train).append(atoms)
+    """``(train, holdout)`` by structure (see :func:`is_holdout`).
+
+    With few structures the hash may hold out none; then the structure of
+    smallest hash is held out (given at least two). That keeps the split
+    safe across rounds: the store only grows, so a later round's smallest
+    hash is this one or a structure no earlier model trained on.
+    """
+    frames = list(frames)
+    held = {g for g in groups(frames) if is_holdout(g, holdout_fraction)}
+    candidates = [g for g in groups(frames) if not g.startswith("reference:")]
+    if not held and holdout_fraction > 0 and len(candidates) >= 2:
+        held = {min(candidates, key=_hash_fraction)}
+    train = [a for a in frames if a.info["group"] not in held]
+    holdout = [a for a in frames if a.info["group"] in held]
     return train, holdout
 
 
