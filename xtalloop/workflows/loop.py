@@ -18,8 +18,14 @@ from typing import Any
 from jobflow import Flow, Job, Maker, OnMissing, Response, job
 
 from xtalloop.config import RunConfig, StoreConfig
+from xtalloop.dft.factory import dft_maker
 from xtalloop.dft.result import DftMaker
 from xtalloop.store.results import ResultsDB, now, open_results
+from xtalloop.workflows.csp import (
+    csp_flow_maker,
+    energy_model_training_maker,
+    job_store_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +80,13 @@ class LoopRoundMaker(Maker):
             ``stopped_by``.
         """
         from xtalloop.active_learning import plan_round, round_config
-        from xtalloop.workflows.csp import (
-            csp_flow_maker,
-            energy_model_training_maker,
-            job_store_settings,
-        )
 
         config = RunConfig.model_validate(self.config)
         loop = config.loop
         assert loop is not None, "LoopRoundMaker needs a config with a loop section"
         run_id = round_run_id(self.loop_id, round_index)
         run = {"id": run_id, "name": config.name, "loop": self.loop_id, "round": round_index}
-        settings_key = csp_flow_maker(config, run, False, self.relax_maker
-                                      ).validate_maker.relax_maker.settings_key()
+        settings_key = (self.relax_maker or dft_maker(config.dft, False)).settings_key()
         with open_results(config.store) as db:
             completed = [r for r in db.rounds(self.loop_id) if r.get("status") == "completed"]
             done = {r["formula"] for r in db.composition_results(run_id)}
@@ -147,7 +147,6 @@ def loop_flow(config: RunConfig, loop_id: str, first_round: int = 1,
     """
     from pathlib import Path
 
-    from xtalloop.workflows.csp import job_store_settings
 
     dumped = config.model_copy(update={
         "store": config.store.model_copy(update={"path": job_store_settings(config)["path"]}),
@@ -254,7 +253,6 @@ def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]]) ->
 
 
 def _generator_training_maker(config: RunConfig, checkpoint: str, settings_key: str):
-    from xtalloop.workflows.csp import job_store_settings
     from xtalloop.workflows.learn import GeneratorTrainingMaker
 
     settings = config.learn.generator
