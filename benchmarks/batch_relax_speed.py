@@ -12,7 +12,13 @@ with the same model (``--model``: pretrained CHGNet, or a MACE ``.model`` file
 in float64), optimiser (ASE's FIRE with its default parameters), cell filter
 (FrechetCellFilter), fmax and step limit, and prints structures relaxed per
 CPU-second for both, their ratio, and the distribution of final-energy
-differences (meV/atom) between the two.
+differences (meV/atom) between the two. Every relaxation whose final energy
+differs by more than 5 meV/atom is listed: converged or not, steps, and
+whether the two final structures are the same (pymatgen's
+``StructureMatcher``), which tells a relaxation that went to another local
+minimum from an inaccurate one. For float32, the error of the precision
+itself is printed too: the float32 energies of the final structures against
+float64 energies of the same structures.
 
 Example::
 
@@ -55,7 +61,7 @@ def candidates(n: int, seed: int, compositions: list[str] = COMPOSITIONS) -> lis
 
 
 def relax_batched(structures: list, model_spec: str, fmax: float, steps: int,
-                  dtype: str = "float64") -> tuple[list[float], float]:
+                  dtype: str = "float64") -> tuple[list, float]:
     from xtalloop.models.energy_model import load_energy_model
     from xtalloop.models.mace_model import MaceModel
     from xtalloop.rankers.batch_relax import BatchRelaxer
@@ -68,7 +74,7 @@ def relax_batched(structures: list, model_spec: str, fmax: float, steps: int,
     results = BatchRelaxer(model, fmax=fmax, steps=steps, progress=True).relax(
         [AseAtomsAdaptor.get_atoms(s) for s in structures])
     seconds = time.process_time() - start
-    return [r.energy / len(r.atoms) for r in results], seconds
+    return results, seconds
 
 
 def atomate2_maker(model_spec: str, fmax: float, steps: int) -> ForceFieldRelaxMaker:
@@ -94,14 +100,14 @@ def atomate2_maker(model_spec: str, fmax: float, steps: int) -> ForceFieldRelaxM
 
 
 def relax_one_job_each(structures: list, model_spec: str, fmax: float,
-                       steps: int) -> tuple[list[float], float]:
+                       steps: int) -> tuple[list, float]:
     from jobflow import run_locally
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     maker = atomate2_maker(model_spec, fmax, steps)
     run_locally(maker.make(structures[0]), log=False)  # load weights before timing
-    energies = []
+    docs = []
     start = time.process_time()
     # BatchRelaxer runs with single-threaded BLAS (its cell filter's 3x3 matrix
     # functions only contend for threads); the same here keeps the comparison fair.
@@ -109,9 +115,34 @@ def relax_one_job_each(structures: list, model_spec: str, fmax: float,
         for structure in tqdm(structures, desc="atomate2 one job each"):
             job = maker.make(structure)
             out = run_locally(job, log=False, ensure_success=True)
-            doc = out[job.uuid][1].output
-            energies.append(doc.output.energy / len(structure))
-    return energies, time.process_time() - start
+            docs.append(out[job.uuid][1].output)
+    return docs, time.process_time() - start
+
+
+def report_outliers(results: list, docs: list, threshold: float = 5.0) -> None:
+    """List the relaxations whose final energies differ by more than ``threshold`` meV/atom."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher()
+    for i, (result, doc) in enumerate(zip(results, docs, strict=True)):
+        n = len(result.atoms)
+        diff = 1000 * abs(result.energy / n - doc.output.energy / n)
+        if diff <= threshold:
+            continue
+        same = matcher.fit(AseAtomsAdaptor.get_structure(result.atoms), doc.structure)
+        print(f"  #{i} {result.atoms.get_chemical_formula()}: {diff:.1f} meV/atom; batched "
+              f"{'converged' if result.converged else 'not converged'} in {result.n_steps} "
+              f"steps, atomate2 {doc.is_force_converged and 'converged' or 'not converged'} "
+              f"({doc.output.n_steps} steps as atomate2 counts them); same final structure: {same}")
+
+
+def precision_error(results: list, model_spec: str) -> np.ndarray:
+    """|E(float32) - E(float64)| (meV/atom) of the model at each batched final structure."""
+    from xtalloop.models.mace_model import MaceModel
+
+    exact = MaceModel([model_spec]).predict([r.atoms for r in results])
+    return np.array([1000 * abs(r.energy - e.energy) / len(r.atoms)
+                     for r, e in zip(results, exact, strict=True)])
 
 
 def model_spec(value: str) -> str:
@@ -153,16 +184,23 @@ def main() -> None:
     dtypes = ["float64"] if args.model == "chgnet" else args.dtype.split(",")
     batched = {d: relax_batched(structures, args.model, args.fmax, args.steps, d)
                for d in dtypes}
-    single, t_single = relax_one_job_each(structures, args.model, args.fmax, args.steps)
+    docs, t_single = relax_one_job_each(structures, args.model, args.fmax, args.steps)
+    single = [d.output.energy / len(s) for d, s in zip(docs, structures, strict=True)]
     print(f"atomate2, one each (float64): {len(structures) / t_single:.3f} structures per "
           f"CPU-second ({t_single:.0f} CPU-s)")
-    for dtype, (energies, seconds) in batched.items():
+    for dtype, (results, seconds) in batched.items():
+        energies = [r.energy / len(r.atoms) for r in results]
         diff = 1000 * np.abs(np.array(energies) - np.array(single))
         print(f"batched ({dtype}): {len(structures) / seconds:.3f} structures per CPU-second "
               f"({seconds:.0f} CPU-s), speed-up {t_single / seconds:.1f}x; "
               f"|E_batched - E_atomate2| (meV/atom): median {np.median(diff):.3f}, "
               f"90th percentile {np.percentile(diff, 90):.3f}, max {diff.max():.3f}; "
               f"within 5 meV/atom: {np.mean(diff <= 5):.0%}")
+        if dtype == "float32":
+            error = precision_error(results, args.model)
+            print(f"  float32 vs float64 energy at the same final structures (meV/atom): "
+                  f"median {np.median(error):.4f}, max {error.max():.4f}")
+        report_outliers(results, docs)
 
 
 if __name__ == "__main__":

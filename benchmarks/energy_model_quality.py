@@ -9,13 +9,17 @@ with :func:`xtalloop.learn.metrics.evaluate` on the same held-out frames:
 energy MAE (meV/atom, after per-element alignment on the training frames),
 force MAE (meV/Å) and the hull decision (stable within 0.1 eV/atom or not:
 precision, recall, F1). CHGNet, the pretrained model the loop starts from, is
-the "before" row. Prints a table, writes it as JSON and draws the learning
+the "before" row. With ``--foundation`` (a MACE model file, e.g. the one
+``benchmarks/distilled_foundation.py`` makes, or a MACE-MP file of your own),
+the foundation model is scored as it is and each ``n`` also fine-tunes an
+ensemble from it. Prints a table, writes it as JSON and draws the learning
 curve.
 
 Example::
 
     python benchmarks/energy_model_quality.py --data benchmarks/results/gpaw_light.extxyz \\
-        --sizes 5,10,20,all --out benchmarks/results/energy_model_quality
+        --sizes 5,10,20,all --out benchmarks/results/energy_model_quality \\
+        --foundation benchmarks/results/foundation/foundation.model
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--foundation", type=Path, default=None,
+                        help="a MACE model file to fine-tune from, beside training from scratch")
     parser.add_argument("--out", default="benchmarks/results/energy_model_quality")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -98,15 +104,25 @@ def main() -> None:
     start = time.perf_counter()
     chgnet = evaluate(load_energy_model("chgnet"), test, align_on=train)
     rows.append(row("CHGNet (pretrained, before)", 0, chgnet, time.perf_counter() - start))
+    variants = [("trained", None)]
+    if args.foundation is not None:
+        foundation = args.foundation.resolve()
+        start = time.perf_counter()
+        metrics = evaluate(load_energy_model(str(foundation)), test, align_on=train)
+        rows.append(row(f"MACE foundation {foundation.name} (before)", 0, metrics,
+                        time.perf_counter() - start))
+        variants.append(("fine-tuned", [foundation]))
     trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs)
     for n, subset in subsets.items():
-        start = time.perf_counter()
-        folder = trainer.train_ensemble(subset, out / "models" / f"n{n}", size=args.ensemble,
-                                        seed=args.seed)
-        metrics = evaluate(load_energy_model(str(folder)), test, align_on=subset)
-        rows.append(row(f"MACE x{args.ensemble}, trained", n, metrics,
-                        time.perf_counter() - start))
-        print(f"n={n}: energy MAE {metrics['energy_mae']:.1f} meV/atom", flush=True)
+        for variant, parents in variants:
+            start = time.perf_counter()
+            folder = trainer.train_ensemble(subset, out / "models" / f"{variant}-n{n}",
+                                            size=args.ensemble, seed=args.seed, parents=parents)
+            metrics = evaluate(load_energy_model(str(folder)), test, align_on=subset)
+            rows.append(row(f"MACE x{args.ensemble}, {variant}", n, metrics,
+                            time.perf_counter() - start))
+            print(f"n={n}, {variant}: energy MAE {metrics['energy_mae']:.1f} meV/atom",
+                  flush=True)
 
     keys = ["model", "n_train_structures", "energy_mae", "force_mae", "stress_mae",
             "precision", "recall", "f1", "n_scored", "n_stable_dft", "seconds"]

@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)  # CHGNet on 2 shared cores: more threads only contend
-    from ase.io import write
+    from ase.io import read, write
     from tqdm import tqdm
 
     from xtalloop.references import elemental_prototypes
@@ -147,9 +147,12 @@ def main() -> None:
     todo = [todo[i] for i in rng.permutation(len(todo))]
     jobs = [job for group, s, source in todo for job in
             ((group, s, source, "as is"), (group, perturbed(s, rng), source, "perturbed"))]
-    print(f"{len(todo)} structures, {len(jobs)} GPAW single points")
+    frames = read(out, index=":") if out.is_file() else []  # resume an interrupted call
+    done = {(a.info["group"], a.info["variant"]) for a in frames}
+    jobs = [job for job in jobs if (job[0], job[3]) not in done]
+    print(f"{len(todo)} structures, {len(jobs)} GPAW single points to go, "
+          f"{len(frames)} frames already in {out}")
     start = time.perf_counter()
-    frames = []
     for group, structure, source, variant in tqdm(jobs, desc="GPAW"):
         try:
             frames.append(label(structure, group, source, variant, args.kpoint_density))
@@ -157,7 +160,7 @@ def main() -> None:
             print(f"{group} ({variant}): {type(exc).__name__}: {exc}")
             continue
         write(out, frames, format="extxyz")
-    print(f"{len(frames)} frames in {time.perf_counter() - start:.0f} s -> {out}")
+    print(f"{len(frames)} frames ({time.perf_counter() - start:.0f} s in this call) -> {out}")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,29 @@ def test_step_limit_is_reported():
     results = BatchRelaxer(model, fmax=1e-6, steps=3, progress=False).relax(starting_cells()[:1])
     assert not results[0].converged
     assert results[0].failure == "step limit"
+
+
+def test_cell_coordinates_and_forces_equal_ase_frechet_cell_filter_away_from_the_start():
+    from xtalloop.rankers.frechet_cells import FrechetCells
+
+    model = load_energy_model("emt")
+    cells = starting_cells()
+    ours = FrechetCells([a.copy() for a in cells])
+    theirs = [FrechetCellFilter(a.copy()) for a in cells]
+    rng = np.random.default_rng(1)
+    # move both by the same sheared, strained step in generalised coordinates
+    steps = [rng.normal(0, 0.05, (len(a) + 3, 3)) * np.r_[np.ones(len(a)), 3 * [len(a)]][:, None]
+             for a in cells]
+    ours.set_positions(range(len(cells)), [ours.get_positions(i) + d
+                                           for i, d in enumerate(steps)])
+    for f, d in zip(theirs, steps, strict=True):
+        f.set_positions(f.get_positions() + d)
+    predictions = model.predict(ours.atoms)
+    forces = ours.forces(range(len(cells)), [p.forces for p in predictions],
+                         [p.stress for p in predictions])
+    for i, f in enumerate(theirs):
+        f.atoms.calc = model.calculator()
+        assert np.allclose(ours.atoms[i].cell, f.atoms.cell, atol=1e-12)
+        assert np.allclose(ours.atoms[i].positions, f.atoms.positions, atol=1e-12)
+        assert np.abs(f.atoms.cell.array - cells[i].cell.array).max() > 0.05  # really strained
+        assert np.allclose(forces[i], f.get_forces(), atol=1e-9)

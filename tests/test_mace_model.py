@@ -234,3 +234,18 @@ def test_single_precision_agrees_with_double_precision(model_files):
         assert np.abs(d.forces - s.forces).max() < 1e-3
     with pytest.raises(XtalloopError, match="float64 or float32"):
         MaceModel([model_files["single"]], dtype="float16")
+
+
+def test_prefilter_precision_reaches_the_mace_model(model_files):
+    from pydantic import ValidationError
+
+    from xtalloop.config import PrefilterConfig
+    from xtalloop.rankers.ml_ranker import MLRanker
+
+    setting = PrefilterConfig(model=str(model_files["single"]), precision="float32")
+    ranker = MLRanker(model=setting.model, precision=setting.precision, progress=False)
+    assert ranker.energy_model.dtype == "float32"
+    assert MLRanker(model=setting.model).energy_model.dtype == "float64"
+    assert load_energy_model(str(model_files["ensemble"]), "cpu", "float32").dtype == "float32"
+    with pytest.raises(ValidationError, match="float32"):
+        PrefilterConfig(precision="float16")

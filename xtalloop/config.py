@@ -115,6 +115,8 @@ class PrefilterConfig(_Section):
     base_model: str = Field("chgnet", description="used by model: registry until the "
                             "registry has a promoted model")
     device: str = "cpu"
+    precision: Literal["float64", "float32"] = Field(
+        "float64", description="MACE precision: float32 is about twice as fast on CPU")
     fmax: float = Field(0.05, gt=0)
     steps: int = Field(300, ge=1)
     top_k: int = Field(2, ge=1)

@@ -81,8 +81,9 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ----------
     rows
         One dict per model: ``n_train_structures``, ``energy_mae`` (meV/atom),
-        ``force_mae`` (meV/Å), ``f1``; a row with 0 training structures (a
-        pretrained model) is drawn as a horizontal reference line.
+        ``force_mae`` (meV/Å), ``f1``; rows of one ``model`` label form one
+        curve, and a row with 0 training structures (a pretrained model) is
+        drawn as a horizontal reference line.
     path
         PNG file to write.
     """
@@ -93,17 +94,20 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
     trained = sorted((r for r in rows if r["n_train_structures"]),
                      key=lambda r: r["n_train_structures"])
+    curves = list(dict.fromkeys(r["model"] for r in trained))
     baselines = [r for r in rows if not r["n_train_structures"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, label in zip(axes, ("energy_mae", "force_mae", "f1"),
                               ("energy MAE (meV/atom)", "force MAE (meV/Å)",
                                "hull decision F1 (stable ≤ 0.1 eV/atom)"), strict=True):
-        points = [(r["n_train_structures"], r[key]) for r in trained if r[key] is not None]
-        if points:
-            ax.plot(*zip(*points), "o-", label=trained[0]["model"])
-        for base in baselines:
+        for i, name in enumerate(curves):
+            points = [(r["n_train_structures"], r[key]) for r in trained
+                      if r["model"] == name and r[key] is not None]
+            if points:
+                ax.plot(*zip(*points), "o-", color=f"C{i}", label=name)
+        for i, base in enumerate(baselines):
             if base[key] is not None:
-                ax.axhline(base[key], color="grey", ls="--", label=base["model"])
+                ax.axhline(base[key], color=f"C{len(curves) + i}", ls="--", label=base["model"])
         ax.set_xlabel("DFT structures in training (besides elemental phases)")
         ax.set_ylabel(label)
         if key != "f1":

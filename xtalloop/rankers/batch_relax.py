@@ -2,9 +2,11 @@
 
 Each structure keeps its own FIRE state (the same update rule as ASE's
 ``FIRE``) on the generalised coordinates of ASE's ``FrechetCellFilter``
-(atoms and cell), so a batched relaxation follows the same path as relaxing
-each structure alone with ``FIRE(FrechetCellFilter(atoms))``; only the energy
-model is called once per step for every structure not yet converged.
+(atoms and cell, :class:`~xtalloop.rankers.frechet_cells.FrechetCells`), so
+a batched relaxation follows the same path as relaxing each structure alone
+with ``FIRE(FrechetCellFilter(atoms))``; only the energy model is called once
+per step for every structure not yet converged, and the cell filter's matrix
+functions are evaluated for all of them together.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.filters import FrechetCellFilter
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from xtalloop.models.energy_model import EnergyModel
+from xtalloop.rankers.frechet_cells import FrechetCells
 
 
 @dataclass
@@ -113,7 +115,7 @@ class BatchRelaxer:
 
     def _relax(self, structures: list[Atoms]) -> list[RelaxResult]:
         atoms = [a.copy() for a in structures]
-        optimizables = [FrechetCellFilter(a) if self.relax_cell else a for a in atoms]
+        coordinates = FrechetCells(atoms, relax_cell=self.relax_cell)
         states = [_FireState() for _ in atoms]
         results: list[RelaxResult | None] = [None] * len(atoms)
         active = list(range(len(atoms)))
@@ -124,39 +126,46 @@ class BatchRelaxer:
             disable=not self.progress,
             leave=True,
         )
+
+        def finish(i: int, result: RelaxResult) -> None:
+            results[i] = result
+            bar.update()
+
         for step in range(self.steps + 1):
             if not active:
                 break
             predictions = self.model.predict([atoms[i] for i in active])
-            still_active = []
+            healthy = []
             for i, pred in zip(active, predictions, strict=True):
                 a = atoms[i]
-                energy = pred.energy
-                if not np.isfinite(energy) or not np.all(np.isfinite(pred.forces)):
-                    results[i] = RelaxResult(a, float("nan"), False, step, "non-finite energy")
-                    bar.update()
-                    continue
-                if a.get_volume() / len(a) > self.max_volume_per_atom:
-                    results[i] = RelaxResult(a, energy, False, step, "cell exploded")
-                    bar.update()
-                    continue
-                a.calc = SinglePointCalculator(
-                    a, energy=energy, free_energy=energy, forces=pred.forces, stress=pred.stress
-                )
-                forces = optimizables[i].get_forces()
-                if np.sqrt((forces**2).sum(axis=1).max()) < self.fmax:
-                    results[i] = RelaxResult(a, energy, True, step, None, pred.energy_std)
-                    bar.update()
-                    continue
-                if step == self.steps:
-                    results[i] = RelaxResult(a, energy, False, step, "step limit",
-                                             pred.energy_std)
-                    bar.update()
-                    continue
-                new = states[i].step(optimizables[i].get_positions(), forces)
-                optimizables[i].set_positions(new)
-                still_active.append(i)
-            active = still_active
+                if not np.isfinite(pred.energy) or not np.all(np.isfinite(pred.forces)):
+                    finish(i, RelaxResult(a, float("nan"), False, step, "non-finite energy"))
+                elif a.get_volume() / len(a) > self.max_volume_per_atom:
+                    finish(i, RelaxResult(a, pred.energy, False, step, "cell exploded"))
+                else:
+                    a.calc = SinglePointCalculator(
+                        a, energy=pred.energy, free_energy=pred.energy,
+                        forces=pred.forces, stress=pred.stress,
+                    )
+                    healthy.append((i, pred))
+            forces = coordinates.forces(
+                [i for i, _ in healthy],
+                [pred.forces for _, pred in healthy],
+                [pred.stress for _, pred in healthy],
+            )
+            moving, moved = [], []
+            for (i, pred), force in zip(healthy, forces, strict=True):
+                if np.sqrt((force**2).sum(axis=1).max()) < self.fmax:
+                    finish(i, RelaxResult(atoms[i], pred.energy, True, step, None,
+                                          pred.energy_std))
+                elif step == self.steps:
+                    finish(i, RelaxResult(atoms[i], pred.energy, False, step, "step limit",
+                                          pred.energy_std))
+                else:
+                    moving.append(i)
+                    moved.append(states[i].step(coordinates.get_positions(i), force))
+            coordinates.set_positions(moving, moved)
+            active = moving
             if step % 10 == 0 or not active:
                 bar.set_postfix(step=step, active=len(active), refresh=False)
         bar.close()

@@ -95,6 +95,9 @@ class MLRanker:
         values favour structures the ensemble disagrees on (explore).
     device
         Torch device for the model.
+    precision
+        ``"float64"`` or ``"float32"`` for a MACE model (float32: about twice as
+        fast on CPU, see ``benchmarks/batch_relax_speed.py``).
     progress
         Show progress bars.
     """
@@ -107,6 +110,7 @@ class MLRanker:
     symprec: float = 0.1
     explore_weight: float = 0.0
     device: str = "cpu"
+    precision: str = "float64"
     progress: bool = True
     _references: dict[tuple[str, str], ReferencePhase] = field(
         default_factory=dict, repr=False
@@ -115,7 +119,7 @@ class MLRanker:
     @property
     def energy_model(self) -> EnergyModel:
         """The loaded energy model (cached per process)."""
-        return load_energy_model(self.model, self.device)
+        return load_energy_model(self.model, self.device, self.precision)
 
     def rank(self, composition: Composition, candidates: list[Candidate]) -> Ranking:
         """Relax, deduplicate and rank ``candidates`` of ``composition``."""

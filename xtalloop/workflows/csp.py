@@ -75,7 +75,7 @@ def csp_flow_maker(
         ),
         prefilter_maker=PrefilterMaker(
             model=config.prefilter.model, base_model=config.prefilter.base_model,
-            device=config.prefilter.device,
+            device=config.prefilter.device, precision=config.prefilter.precision,
             fmax=config.prefilter.fmax, steps=config.prefilter.steps,
             top_k=config.prefilter.top_k, max_e_above_hull=config.prefilter.max_e_above_hull,
             explore_weight=config.prefilter.explore_weight, store=store, progress=progress,

@@ -28,6 +28,8 @@ class PrefilterMaker(Maker):
         The model ``"registry"`` stands for while nothing has been promoted.
     device
         Torch device.
+    precision
+        ``"float64"`` or ``"float32"`` for a MACE model.
     fmax, steps
         Relaxation threshold (eV/Å) and step limit.
     top_k
@@ -46,6 +48,7 @@ class PrefilterMaker(Maker):
     model: str = "chgnet"
     base_model: str = "chgnet"
     device: str = "cpu"
+    precision: str = "float64"
     fmax: float = 0.05
     steps: int = 300
     top_k: int = 2
@@ -63,7 +66,7 @@ class PrefilterMaker(Maker):
         spec, registry_id = resolve_model(self.model, self.base_model, self.store,
                                           [el.symbol for el in composition.elements])
         ranker = MLRanker(
-            model=spec, device=self.device, fmax=self.fmax, steps=self.steps,
+            model=spec, device=self.device, precision=self.precision, fmax=self.fmax, steps=self.steps,
             top_k=self.top_k, max_e_above_hull=self.max_e_above_hull,
             explore_weight=self.explore_weight, progress=self.progress,
         )
