@@ -12,10 +12,11 @@ of a few light elements:
 and a rattled, strained copy of each (0.05 Å, ±2 % cell) for off-equilibrium
 forces. Every structure gets one GPAW single point with the loop's own DFT
 settings (:class:`xtalloop.dft.gpaw.GpawRelaxMaker`: PBE, element-dependent
-cutoff, 3 k-points per Å⁻¹). The output is an extended-XYZ file with
+cutoff; 2 k-points per Å⁻¹ by default, the same for every frame of a data set). The output is an extended-XYZ file with
 ``energy``, ``forces`` and ``stress`` and, in ``info``, ``group`` (the
 structure the frame belongs to, so that train/test splits never share one),
-``source`` and ``variant``.
+``source`` and ``variant``. It is written after every frame, and a second
+call with the same ``--out`` goes on where an interrupted one stopped.
 
 Example::
 
@@ -83,7 +84,7 @@ def perturbed(structure: Structure, rng: np.random.Generator) -> Structure:
 
 
 def label(structure: Structure, group: str, source: str, variant: str,
-          kpoint_density: float = 3.0):
+          kpoint_density: float = 2.0):
     """One GPAW single point of ``structure`` as ASE ``Atoms`` with a stored calculator."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -105,9 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", default="../shared/data/mp_20/train_partial.csv.gz")
     parser.add_argument("--elements", default=",".join(ELEMENTS))
-    parser.add_argument("--max-atoms", type=int, default=8)
+    parser.add_argument("--max-atoms", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=2)
-    parser.add_argument("--kpoint-density", type=float, default=3.0, help="k-points per Å⁻¹")
+    parser.add_argument("--kpoint-density", type=float, default=2.0, help="k-points per Å⁻¹")
     parser.add_argument("--limit", type=int, default=None,
                         help="label at most this many structures (a random subset)")
     parser.add_argument("--seed", type=int, default=0)

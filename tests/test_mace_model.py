@@ -249,3 +249,17 @@ def test_prefilter_precision_reaches_the_mace_model(model_files):
     assert load_energy_model(str(model_files["ensemble"]), "cpu", "float32").dtype == "float32"
     with pytest.raises(ValidationError, match="float32"):
         PrefilterConfig(precision="float16")
+
+
+def test_molecules_and_single_atoms_in_a_batch_match_mace_calculator(model_files):
+    molecule = Atoms("Cl2", positions=[[0, 0, 0], [0, 0, 2.0]], pbc=False)
+    atom_in_box = Atoms("Na", positions=[[1, 1, 1]], cell=[12, 12, 12], pbc=True)
+    cells = [structures()[0], molecule, atom_in_box]
+    predictions = MaceModel([model_files["single"]]).predict(cells)
+    calculator = mace_calculator(model_files["single"])
+    for atoms, pred in zip(cells, predictions, strict=True):
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        assert pred.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+        assert np.allclose(pred.forces, atoms.get_forces(), atol=1e-6, rtol=0)
+    assert np.abs(predictions[1].forces).max() > 1e-3  # the molecule's bond is not at rest
