@@ -7,7 +7,10 @@ the way such models are made, only with CHGNet (itself trained on Materials
 Project relaxations) as the labeller instead of VASP:
 
 1. every MP-20 crystal (``train_partial`` and ``val``) made only of
-   ``--elements`` with at most ``--max-atoms`` atoms,
+   ``--elements`` with at most ``--max-atoms`` atoms, and each elemental
+   reference prototype of :mod:`xtalloop.references` (the phases every hull
+   is built on: without them the model's elemental energies are arbitrary,
+   e.g. -20 eV/atom for a sulfur crystal),
 2. plus ``--copies`` perturbed copies of each (atoms moved ~0.03 Å, cell
    strained ±2 %), for off-equilibrium forces and stresses,
 3. labelled with CHGNet's energy, forces and stress (batched),
@@ -78,6 +81,10 @@ def main() -> None:
     crystals = []
     for split in ("train_partial", "val"):
         crystals += mp20_structures(f"{args.data}/{split}.csv.gz", elements, args.max_atoms)
+    from xtalloop.references import elemental_prototypes
+
+    crystals += [(f"prototype-{el}-{i}", s) for el in sorted(elements)
+                 for i, s in enumerate(elemental_prototypes(el))]
     rng = np.random.default_rng(args.seed)
     structures, groups = [], []
     for material_id, structure in crystals:
@@ -85,7 +92,8 @@ def main() -> None:
         groups += [material_id] * (1 + args.copies)
     start = time.perf_counter()
     frames = chgnet_frames(structures, groups)
-    print(f"{len(crystals)} MP-20 crystals of {','.join(sorted(elements))}, "
+    print(f"{len(crystals)} MP-20 crystals and elemental prototypes of "
+          f"{','.join(sorted(elements))}, "
           f"{len(frames)} frames labelled by CHGNet in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
     out = Path(args.out)

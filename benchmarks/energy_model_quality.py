@@ -132,7 +132,7 @@ def main() -> None:
     print(table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"args": vars(args), "n_frames": len(frames), "rows": rows}, indent=2))
+        {"args": vars(args), "n_frames": len(frames), "rows": rows}, indent=2, default=str))
     plot_learning_curve(rows, out / "learning_curve.png")
     print(f"-> {out}/results.md, results.json, learning_curve.png")
 
