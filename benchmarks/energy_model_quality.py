@@ -29,6 +29,7 @@ import json
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="trainings run at once (one thread each)")
     parser.add_argument("--foundation", type=Path, default=None,
                         help="a MACE model file to fine-tune from, beside training from scratch")
     parser.add_argument("--out", default="benchmarks/results/energy_model_quality")
@@ -113,16 +116,23 @@ def main() -> None:
                         time.perf_counter() - start))
         variants.append(("fine-tuned", [foundation]))
     trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs)
-    for n, subset in subsets.items():
-        for variant, parents in variants:
-            start = time.perf_counter()
-            folder = trainer.train_ensemble(subset, out / "models" / f"{variant}-n{n}",
-                                            size=args.ensemble, seed=args.seed, parents=parents)
-            metrics = evaluate(load_energy_model(str(folder)), test, align_on=subset)
-            rows.append(row(f"MACE x{args.ensemble}, {variant}", n, metrics,
-                            time.perf_counter() - start))
-            print(f"n={n}, {variant}: energy MAE {metrics['energy_mae']:.1f} meV/atom",
-                  flush=True)
+
+    def train(task: tuple[int, str, list | None]) -> tuple[Path, float]:
+        n, variant, parents = task
+        start = time.perf_counter()
+        folder = trainer.train_ensemble(subsets[n], out / "models" / f"{variant}-n{n}",
+                                        size=args.ensemble, seed=args.seed, parents=parents)
+        print(f"n={n}, {variant}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        return folder, time.perf_counter() - start
+
+    # each training is a mace_run_train process: --workers of them run at once
+    tasks = [(n, variant, parents) for n in subsets for variant, parents in variants]
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        trained = list(pool.map(train, tasks))
+    for (n, variant, _), (folder, seconds) in zip(tasks, trained, strict=True):
+        metrics = evaluate(load_energy_model(str(folder)), test, align_on=subsets[n])
+        rows.append(row(f"MACE x{args.ensemble}, {variant}", n, metrics, seconds))
+        print(f"n={n}, {variant}: energy MAE {metrics['energy_mae']:.1f} meV/atom", flush=True)
 
     keys = ["model", "n_train_structures", "energy_mae", "force_mae", "stress_mae",
             "precision", "recall", "f1", "n_scored", "n_stable_dft", "seconds"]
