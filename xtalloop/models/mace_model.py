@@ -1,9 +1,9 @@
 """MACE models evaluated on many structures per forward pass.
 
-:class:`MaceModel` turns every structure into a MACE graph with mace's own data
-utilities, collates the graphs into batches of at most ``max_atoms_per_batch``
-atoms and runs one forward pass per batch, so a batched relaxation costs one
-model call per optimiser step instead of one per structure. Several model files
+:class:`MaceModel` builds one MACE graph (mace's neighbour lists, the input
+tensors of a collated batch) for runs of structures of at most
+``max_atoms_per_batch`` atoms and runs one forward pass per batch, so a batched
+relaxation costs one model call per optimiser step instead of one per structure. Several model files
 form an ensemble (a committee): predictions are the members' mean, and the
 spread of their energies is reported as :attr:`Prediction.energy_std`.
 """
