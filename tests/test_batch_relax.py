@@ -76,3 +76,46 @@ def test_cell_coordinates_and_forces_equal_ase_frechet_cell_filter_away_from_the
         assert np.allclose(ours.atoms[i].positions, f.atoms.positions, atol=1e-12)
         assert np.abs(f.atoms.cell.array - cells[i].cell.array).max() > 0.05  # really strained
         assert np.allclose(forces[i], f.get_forces(), atol=1e-9)
+
+
+def constrained_cells():
+    """A tetragonally strained Cu cell under FixSymmetry; Al with two atoms fixed."""
+    from ase.constraints import FixAtoms, FixSymmetry
+
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True)
+    copper.set_cell(copper.cell.array @ np.diag([1.0, 1.0, 1.08]), scale_atoms=True)
+    copper.set_constraint(FixSymmetry(copper))
+    aluminium = bulk("Al", "fcc", a=4.2, cubic=True).repeat((1, 1, 2))
+    aluminium.rattle(0.1, seed=3)
+    aluminium.set_constraint(FixAtoms(indices=[0, 5]))
+    return [copper, aluminium]
+
+
+@pytest.mark.parametrize("relax_cell", [True, False])
+def test_constraints_act_as_under_ase_fire_and_cell_filter(relax_cell):
+    from ase.spacegroup.symmetrize import check_symmetry
+
+    model = load_energy_model("emt")
+    cells = constrained_cells()
+    batched = BatchRelaxer(model, fmax=0.01, steps=400, relax_cell=relax_cell,
+                           progress=False).relax(cells)
+    for atoms, result in zip(cells, batched, strict=True):
+        reference = atoms.copy()
+        reference.calc = model.calculator()
+        optimizer = FIRE(FrechetCellFilter(reference) if relax_cell else reference,
+                         logfile=None)
+        optimizer.run(fmax=0.01, steps=400)
+        assert result.converged
+        assert result.n_steps == optimizer.nsteps
+        assert result.energy == pytest.approx(reference.get_potential_energy(), abs=1e-6)
+        assert np.allclose(result.atoms.positions, reference.positions, atol=1e-5)
+        assert np.allclose(result.atoms.cell, reference.cell, atol=1e-5)
+    copper, aluminium = batched
+    assert check_symmetry(copper.atoms, 1e-4).number == 139  # still I4/mmm
+    if relax_cell:
+        lengths = copper.atoms.cell.lengths()
+        assert lengths[2] / lengths[0] < 1.07  # the strain relaxed towards cubic
+    start = constrained_cells()[1]
+    fractional = aluminium.atoms.get_scaled_positions()[[0, 5]]
+    assert np.allclose(fractional, start.get_scaled_positions()[[0, 5]], atol=1e-9)
+    assert not np.allclose(aluminium.atoms.positions[1], start.positions[1], atol=1e-3)

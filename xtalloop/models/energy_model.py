@@ -152,13 +152,18 @@ class AseCalculatorModel(EnergyModel):
         self.version = version
 
     def predict(self, atoms: list[Atoms]) -> list[Prediction]:
-        """Evaluate each structure with the wrapped calculator."""
+        """Evaluate each structure with the wrapped calculator.
+
+        Like every model's, the predictions are the calculator's own: a
+        structure's constraints are not applied (relaxations apply them).
+        """
         out = []
         for a in atoms:
             a = a.copy()
             a.calc = self._calc
-            stress = a.get_stress(voigt=True)
-            out.append(Prediction(a.get_potential_energy(), a.get_forces(), stress))
+            stress = a.get_stress(voigt=True, apply_constraint=False)
+            out.append(Prediction(a.get_potential_energy(), a.get_forces(apply_constraint=False),
+                                  stress))
         return out
 
     def calculator(self) -> Calculator:

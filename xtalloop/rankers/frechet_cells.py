@@ -20,6 +20,12 @@ the same quantities with a few batched matrix exponentials:
 
 Relaxations on these coordinates follow ``FIRE(FrechetCellFilter(atoms))``
 step for step (``tests/test_batch_relax.py``).
+
+ASE constraints on a structure (``FixAtoms``, ``FixSymmetry``, ...) act as
+they do under ASE's filter: they adjust the new cell and positions, the
+atomic forces and the stress. A constrained structure's coordinates are then
+read back from its atoms, as ASE's filter reads them (with one matrix
+logarithm), since the constraint may have moved it off the requested point.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
-from scipy.linalg import expm
+from scipy.linalg import expm, logm
 
 
 class FrechetCells:
@@ -58,20 +64,39 @@ class FrechetCells:
         return np.vstack([self._reference_positions[i], self._log_strain[i]])
 
     def set_positions(self, indices: Sequence[int], new: Sequence[np.ndarray]) -> None:
-        """Move structures ``indices`` to coordinates ``new`` (as from :meth:`get_positions`)."""
+        """Move structures ``indices`` to coordinates ``new`` (as from :meth:`get_positions`).
+
+        A structure's constraints adjust its new cell and positions.
+        """
         if not self.relax_cell:
             for i, positions in zip(indices, new, strict=True):
-                self.atoms[i].positions = positions
+                self.atoms[i].set_positions(positions)  # applies constraints
             return
         n_atoms = [len(self.atoms[i]) for i in indices]
         logs = np.array([x[n:] / n for x, n in zip(new, n_atoms, strict=True)])
         gradients = _expm(logs)
         for i, x, n, deformation in zip(indices, new, n_atoms, gradients, strict=True):
+            atoms = self.atoms[i]
+            cell = self._reference_cells[i] @ deformation.T
+            if atoms.constraints:
+                # ASE's order: scale the atoms with the cell (a fixed atom keeps
+                # its fractional coordinates), then set the positions; both
+                # calls let the constraints adjust what is set
+                atoms.set_cell(cell, scale_atoms=True)
+                atoms.set_positions(x[:n] @ deformation.T)
+                self._read_back(i)
+                continue
             self._reference_positions[i] = x[:n].copy()
             self._log_strain[i] = x[n:].copy()
-            atoms = self.atoms[i]
-            atoms.set_cell(self._reference_cells[i] @ deformation.T, scale_atoms=False)
+            atoms.set_cell(cell, scale_atoms=False)
             atoms.positions = x[:n] @ deformation.T
+
+    def _read_back(self, i: int) -> None:
+        """Coordinates of structure ``i`` from its atoms (ASE's ``get_positions``)."""
+        atoms = self.atoms[i]
+        deformation = np.linalg.solve(self._reference_cells[i], np.array(atoms.cell)).T
+        self._reference_positions[i] = np.linalg.solve(deformation, atoms.positions.T).T
+        self._log_strain[i] = len(atoms) * np.real(logm(deformation))
 
     def forces(
         self,
@@ -82,10 +107,12 @@ class FrechetCells:
         """Generalised forces of structures ``indices``: minus the energy gradient.
 
         ``forces`` are atomic forces (eV/Å) and ``stresses`` Voigt stresses
-        (eV/Å³, ASE's sign) of those structures at their current coordinates.
+        (eV/Å³, ASE's sign) of those structures at their current coordinates;
+        a structure's constraints adjust copies of them first.
         """
+        forces, stresses = self._constrained(indices, forces, stresses)
         if not self.relax_cell:
-            return [np.asarray(f) for f in forces]
+            return forces
         n_atoms = np.array([len(self.atoms[i]) for i in indices])
         logs = np.array([self._log_strain[i] for i in indices]) / n_atoms[:, None, None]
         deformations = _expm(logs)
@@ -100,6 +127,22 @@ class FrechetCells:
             np.vstack([np.asarray(f) @ deformation, log_force])
             for f, deformation, log_force in zip(forces, deformations, log_forces, strict=True)
         ]
+
+    def _constrained(
+        self,
+        indices: Sequence[int],
+        forces: Sequence[np.ndarray],
+        stresses: Sequence[np.ndarray],
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Forces and stresses as ``Atoms.get_forces`` / ``get_stress`` adjust them."""
+        forces = [np.array(f, dtype=float) for f in forces]
+        stresses = [np.array(s, dtype=float) for s in stresses]
+        for i, force, stress in zip(indices, forces, stresses, strict=True):
+            for constraint in self.atoms[i].constraints:
+                constraint.adjust_forces(self.atoms[i], force)
+                if hasattr(constraint, "adjust_stress"):
+                    constraint.adjust_stress(self.atoms[i], stress)
+        return forces, stresses
 
 
 def _expm(matrices: np.ndarray) -> np.ndarray:
