@@ -8,11 +8,21 @@ ternary compositions), relaxes them
 2. with atomate2's ``ForceFieldRelaxMaker``, one jobflow job per structure run
    with ``run_locally``,
 
+and/or (``--baseline ase``)
+3. with the loop atomate2's job runs inside, without jobflow around it: one
+   ``FIRE(FrechetCellFilter(atoms))`` per structure with mace's ASE
+   ``MACECalculator``. It is atomate2's relaxation without the job's
+   bookkeeping (jobflow, trajectory and output documents), so a speed-up
+   against it bounds the speed-up against atomate2 from below; it needs
+   neither atomate2 nor jobflow (a GPU machine with only torch, ase, mace and
+   pymatgen runs it),
+
 with the same model (``--model``: pretrained CHGNet, or a MACE ``.model`` file
 in float64), optimiser (ASE's FIRE with its default parameters), cell filter
-(FrechetCellFilter), fmax and step limit, and prints structures relaxed per
-CPU-second for both, their ratio, and the distribution of final-energy
-differences (meV/atom) between the two. Every relaxation whose final energy
+(FrechetCellFilter), fmax and step limit, on ``--device`` (``cpu`` or
+``cuda``), and prints structures relaxed per CPU-second (and per wall-second)
+for each, the ratios to the first baseline, and the distribution of
+final-energy differences (meV/atom) to it. Every relaxation whose final energy
 differs by more than 5 meV/atom is listed: converged or not, steps, and
 whether the two final structures are the same (pymatgen's
 ``StructureMatcher``), which tells a relaxation that went to another local
@@ -20,10 +30,16 @@ minimum from an inaccurate one. For float32, the error of the precision
 itself is printed too: the float32 energies of the final structures against
 float64 energies of the same structures.
 
+``--write-structures F`` saves the candidates (extxyz) and ``--structures F``
+reads them instead of generating (generating needs PyXtal).
+
 Example::
 
     python benchmarks/batch_relax_speed.py --n 200
-    python benchmarks/batch_relax_speed.py --model path/to/mace.model --threads 1
+    python benchmarks/batch_relax_speed.py --model path/to/mace.model --threads 1 \\
+        --baseline atomate2,ase
+    python benchmarks/batch_relax_speed.py --model path/to/mace.model --device cuda \\
+        --structures candidates.extxyz --baseline ase --atoms-per-pass 256,4096
 """
 
 from __future__ import annotations
@@ -32,13 +48,14 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import numpy as np  # noqa: E402
-from pymatgen.core import Composition  # noqa: E402
+from pymatgen.core import Composition, Structure  # noqa: E402
 from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
 
 if TYPE_CHECKING:
@@ -60,24 +77,36 @@ def candidates(n: int, seed: int, compositions: list[str] = COMPOSITIONS) -> lis
     return pool[:n]
 
 
+def read_structures(path: str) -> list:
+    """Candidates saved by ``--write-structures`` (extxyz)."""
+    from ase.io import read
+
+    return [AseAtomsAdaptor.get_structure(a) for a in read(path, ":")]
+
+
 def relax_batched(structures: list, model_spec: str, fmax: float, steps: int,
-                  dtype: str = "float64") -> tuple[list, float]:
+                  dtype: str = "float64", device: str = "cpu",
+                  atoms_per_pass: int | None = None) -> tuple[list, float, float, int | None]:
+    """BatchRelaxer's results, CPU-seconds, wall-seconds and atoms per pass."""
     from xtalloop.models.energy_model import load_energy_model
     from xtalloop.models.mace_model import MaceModel
     from xtalloop.rankers.batch_relax import BatchRelaxer
 
-    model = (load_energy_model(model_spec) if model_spec == "chgnet"
-             else MaceModel([model_spec], dtype=dtype))
-    print(f"model: {model.name} ({model.version}){'' if model_spec == 'chgnet' else ', ' + dtype}")
-    model.predict([AseAtomsAdaptor.get_atoms(structures[0])])  # load weights before timing
-    start = time.process_time()
+    model = (load_energy_model(model_spec, device) if model_spec == "chgnet"
+             else MaceModel([model_spec], device=device, dtype=dtype,
+                            max_atoms_per_batch=atoms_per_pass))
+    per_pass = getattr(model, "max_atoms_per_batch", None)
+    print(f"model: {model.name} ({model.version})"
+          f"{'' if model_spec == 'chgnet' else f', {dtype}, {per_pass} atoms per pass'}")
+    model.predict([AseAtomsAdaptor.get_atoms(s) for s in structures[:8]])  # warm up
+    start, wall = time.process_time(), time.perf_counter()
     results = BatchRelaxer(model, fmax=fmax, steps=steps, progress=True).relax(
         [AseAtomsAdaptor.get_atoms(s) for s in structures])
-    seconds = time.process_time() - start
-    return results, seconds
+    return results, time.process_time() - start, time.perf_counter() - wall, per_pass
 
 
-def atomate2_maker(model_spec: str, fmax: float, steps: int) -> ForceFieldRelaxMaker:
+def atomate2_maker(model_spec: str, fmax: float, steps: int,
+                   device: str = "cpu") -> ForceFieldRelaxMaker:
     """ForceFieldRelaxMaker with BatchRelaxer's optimiser, cell filter, fmax and steps."""
     from ase.filters import FrechetCellFilter
     from atomate2.forcefields.jobs import ForceFieldRelaxMaker
@@ -94,53 +123,89 @@ def atomate2_maker(model_spec: str, fmax: float, steps: int) -> ForceFieldRelaxM
     # instead of downloading a foundation model.
     return ForceFieldRelaxMaker(
         force_field_name="MACE",
-        calculator_kwargs={"model": model_spec, "default_dtype": "float64"},
+        calculator_kwargs={"model": model_spec, "default_dtype": "float64", "device": device},
         **like_batched,
     )
 
 
-def relax_one_job_each(structures: list, model_spec: str, fmax: float,
-                       steps: int) -> tuple[list, float]:
+@dataclass
+class Single:
+    """One structure relaxed alone: final energy (eV), structure, convergence, steps."""
+
+    energy: float
+    structure: Structure
+    converged: bool
+    n_steps: int
+
+
+def relax_atomate2(structures: list, model_spec: str, fmax: float, steps: int,
+                   device: str = "cpu") -> tuple[list[Single], float, float]:
+    """One ForceFieldRelaxMaker job per structure, each run with ``run_locally``."""
     from jobflow import run_locally
-    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    maker = atomate2_maker(model_spec, fmax, steps)
+    maker = atomate2_maker(model_spec, fmax, steps, device)
     run_locally(maker.make(structures[0]), log=False)  # load weights before timing
-    docs = []
-    start = time.process_time()
-    # BatchRelaxer runs with single-threaded BLAS (its cell filter's 3x3 matrix
-    # functions only contend for threads); the same here keeps the comparison fair.
-    with threadpool_limits(limits=1, user_api="blas"):
-        for structure in tqdm(structures, desc="atomate2 one job each"):
-            job = maker.make(structure)
-            out = run_locally(job, log=False, ensure_success=True)
-            docs.append(out[job.uuid][1].output)
-    return docs, time.process_time() - start
+    out = []
+    start, wall = time.process_time(), time.perf_counter()
+    for structure in tqdm(structures, desc="atomate2 one job each"):
+        job = maker.make(structure)
+        doc = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
+        out.append(Single(doc.output.energy, doc.structure, bool(doc.is_force_converged),
+                          doc.output.n_steps))
+    return out, time.process_time() - start, time.perf_counter() - wall
 
 
-def report_outliers(results: list, docs: list, threshold: float = 5.0) -> None:
+def relax_ase(structures: list, model_spec: str, fmax: float, steps: int,
+              device: str = "cpu") -> tuple[list[Single], float, float]:
+    """One ``FIRE(FrechetCellFilter(atoms))`` per structure with mace's MACECalculator."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from tqdm import tqdm
+
+    if model_spec == "chgnet":
+        raise SystemExit("--baseline ase runs MACE models only")
+    from mace.calculators import MACECalculator
+
+    calculator = MACECalculator(model_paths=model_spec, device=device, default_dtype="float64")
+    warm = AseAtomsAdaptor.get_atoms(structures[0])
+    warm.calc = calculator
+    warm.get_forces()  # load weights before timing
+    out = []
+    start, wall = time.process_time(), time.perf_counter()
+    for structure in tqdm(structures, desc="ASE FIRE one each"):
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = calculator
+        optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+        converged = optimizer.run(fmax=fmax, steps=steps)
+        out.append(Single(atoms.get_potential_energy(), AseAtomsAdaptor.get_structure(atoms),
+                          bool(converged), optimizer.nsteps))
+    return out, time.process_time() - start, time.perf_counter() - wall
+
+
+def report_outliers(results: list, singles: list[Single], name: str,
+                    threshold: float = 5.0) -> None:
     """List the relaxations whose final energies differ by more than ``threshold`` meV/atom."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     matcher = StructureMatcher()
-    for i, (result, doc) in enumerate(zip(results, docs, strict=True)):
+    for i, (result, single) in enumerate(zip(results, singles, strict=True)):
         n = len(result.atoms)
-        diff = 1000 * abs(result.energy / n - doc.output.energy / n)
+        diff = 1000 * abs(result.energy / n - single.energy / n)
         if diff <= threshold:
             continue
-        same = matcher.fit(AseAtomsAdaptor.get_structure(result.atoms), doc.structure)
+        same = matcher.fit(AseAtomsAdaptor.get_structure(result.atoms), single.structure)
         print(f"  #{i} {result.atoms.get_chemical_formula()}: {diff:.1f} meV/atom; batched "
               f"{'converged' if result.converged else 'not converged'} in {result.n_steps} "
-              f"steps, atomate2 {doc.is_force_converged and 'converged' or 'not converged'} "
-              f"({doc.output.n_steps} steps as atomate2 counts them); same final structure: {same}")
+              f"steps, {name} {'converged' if single.converged else 'not converged'} "
+              f"({single.n_steps} steps as {name} counts them); same final structure: {same}")
 
 
-def precision_error(results: list, model_spec: str) -> np.ndarray:
+def precision_error(results: list, model_spec: str, device: str = "cpu") -> np.ndarray:
     """|E(float32) - E(float64)| (meV/atom) of the model at each batched final structure."""
     from xtalloop.models.mace_model import MaceModel
 
-    exact = MaceModel([model_spec]).predict([r.atoms for r in results])
+    exact = MaceModel([model_spec], device=device).predict([r.atoms for r in results])
     return np.array([1000 * abs(r.energy - e.energy) / len(r.atoms)
                      for r, e in zip(results, exact, strict=True)])
 
@@ -155,52 +220,104 @@ def model_spec(value: str) -> str:
     return str(path.resolve())
 
 
+def rate(n: int, cpu: float, wall: float) -> str:
+    return (f"{n / cpu:.3f} structures per CPU-second ({cpu:.0f} CPU-s; "
+            f"{n / wall:.3f} per wall-second, {wall:.0f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--compositions", default=",".join(COMPOSITIONS),
                         help="comma-separated formulas (their elements must be in the model)")
+    parser.add_argument("--structures", default=None,
+                        help="read the candidates from this extxyz file instead of generating")
+    parser.add_argument("--write-structures", default=None,
+                        help="save the candidates to this extxyz file")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", type=model_spec, default="chgnet",
                         help="'chgnet' (default) or a path to a MACE .model file")
     parser.add_argument("--dtype", default="float64,float32",
-                        help="MACE precision(s) of the batched runs; atomate2 runs float64")
+                        help="MACE precision(s) of the batched runs; baselines run float64")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--atoms-per-pass", default="auto",
+                        help="comma-separated MACE batch sizes (atoms per forward pass); "
+                             "auto: MaceModel's default for the device")
+    parser.add_argument("--baseline", default="atomate2",
+                        help="comma-separated: atomate2 (ForceFieldRelaxMaker jobs), ase "
+                             "(FIRE per structure, MACE only); energies compare to the first")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import torch
+    from threadpoolctl import threadpool_limits
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    baselines = args.baseline.split(",")
+    if unknown := set(baselines) - {"atomate2", "ase"}:
+        parser.error(f"unknown baseline(s): {', '.join(sorted(unknown))}")
 
-    structures = candidates(args.n, args.seed, args.compositions.split(","))
+    structures = (read_structures(args.structures) if args.structures
+                  else candidates(args.n, args.seed, args.compositions.split(",")))
+    if args.write_structures:
+        from ase.io import write
+
+        write(args.write_structures, [AseAtomsAdaptor.get_atoms(s) for s in structures],
+              format="extxyz")
+    n = len(structures)
     sizes = [len(s) for s in structures]
-    print(f"{len(structures)} structures, {min(sizes)}-{max(sizes)} atoms "
-          f"(mean {np.mean(sizes):.1f}); fmax {args.fmax} eV/Å, {args.steps} steps, "
-          f"FIRE on FrechetCellFilter; {torch.get_num_threads()} torch threads")
+    device = args.device
+    if device == "cuda":
+        device = f"cuda ({torch.cuda.get_device_name()})"
+    print(f"{n} structures, {min(sizes)}-{max(sizes)} atoms (mean {np.mean(sizes):.1f}); "
+          f"fmax {args.fmax} eV/Å, {args.steps} steps, FIRE on FrechetCellFilter; "
+          f"{torch.get_num_threads()} torch threads; device {device}")
     dtypes = ["float64"] if args.model == "chgnet" else args.dtype.split(",")
-    batched = {d: relax_batched(structures, args.model, args.fmax, args.steps, d)
-               for d in dtypes}
-    docs, t_single = relax_one_job_each(structures, args.model, args.fmax, args.steps)
-    single = [d.output.energy / len(s) for d, s in zip(docs, structures, strict=True)]
-    print(f"atomate2, one each (float64): {len(structures) / t_single:.3f} structures per "
-          f"CPU-second ({t_single:.0f} CPU-s)")
-    for dtype, (results, seconds) in batched.items():
-        energies = [r.energy / len(r.atoms) for r in results]
-        diff = 1000 * np.abs(np.array(energies) - np.array(single))
-        print(f"batched ({dtype}): {len(structures) / seconds:.3f} structures per CPU-second "
-              f"({seconds:.0f} CPU-s), speed-up {t_single / seconds:.1f}x; "
-              f"|E_batched - E_atomate2| (meV/atom): median {np.median(diff):.3f}, "
-              f"90th percentile {np.percentile(diff, 90):.3f}, max {diff.max():.3f}; "
-              f"within 5 meV/atom: {np.mean(diff <= 5):.0%}")
+    per_pass = [None if x == "auto" else int(x) for x in args.atoms_per_pass.split(",")]
+    batched = {(d, p): relax_batched(structures, args.model, args.fmax, args.steps, d,
+                                     args.device, p)
+               for d in dtypes for p in per_pass}
+    run = {"atomate2": relax_atomate2, "ase": relax_ase}
+    singles = {}
+    # BatchRelaxer runs with single-threaded BLAS (its cell filter's 3x3 matrix
+    # functions only contend for threads); the same here keeps the comparison fair.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name in baselines:
+            singles[name] = run[name](structures, args.model, args.fmax, args.steps,
+                                      args.device)
+    reference = baselines[0]
+    for name, (_, cpu, wall) in singles.items():
+        ratio = "" if name == reference else \
+            f", speed-up over {reference} {singles[reference][1] / cpu:.2f}x"
+        print(f"{name}, one each (float64): {rate(n, cpu, wall)}{ratio}")
+    single = np.array([s.energy / len(x) for s, x in zip(singles[reference][0], structures,
+                                                          strict=True)])
+    for name, (others, _, _) in singles.items():
+        if name != reference:
+            other = np.array([s.energy / len(x) for s, x in zip(others, structures,
+                                                                strict=True)])
+            diff = 1000 * np.abs(other - single)
+            print(f"  |E_{name} - E_{reference}| (meV/atom): max {diff.max():.3f}")
+    for (dtype, _), (results, cpu, wall, atoms_per_pass) in batched.items():
+        energies = np.array([r.energy / len(r.atoms) for r in results])
+        diff = 1000 * np.abs(energies - single)
+        speedups = ", ".join(
+            f"{s[1] / cpu:.1f}x over {name} ({s[2] / wall:.1f}x in wall time)"
+            for name, s in singles.items())
+        print(f"batched ({dtype}, {atoms_per_pass or 'all'} atoms per pass): "
+              f"{rate(n, cpu, wall)}; "
+              f"speed-up {speedups}; |E_batched - E_{reference}| (meV/atom): median "
+              f"{np.median(diff):.3f}, 90th percentile {np.percentile(diff, 90):.3f}, max "
+              f"{diff.max():.3f}; within 5 meV/atom: {np.sum(diff <= 5)} of {n}")
         if dtype == "float32":
-            error = precision_error(results, args.model)
+            error = precision_error(results, args.model, args.device)
             print(f"  float32 vs float64 energy at the same final structures (meV/atom): "
                   f"median {np.median(error):.4f}, max {error.max():.4f}")
-        report_outliers(results, docs)
+        report_outliers(results, singles[reference][0], reference)
 
 
 if __name__ == "__main__":

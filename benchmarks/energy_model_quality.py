@@ -67,6 +67,10 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--energy-weight", type=float, default=None,
+                        help="loss weight of energies (default: MaceTrainer's)")
+    parser.add_argument("--forces-weight", type=float, default=None,
+                        help="loss weight of forces (default: MaceTrainer's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1,
                         help="trainings run at once (one thread each)")
@@ -115,7 +119,11 @@ def main() -> None:
         rows.append(row(f"MACE foundation {foundation.name} (before)", 0, metrics,
                         time.perf_counter() - start))
         variants.append(("fine-tuned", [foundation]))
-    trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs)
+    weights = {k: v for k, v in (("energy_weight", args.energy_weight),
+                                 ("forces_weight", args.forces_weight)) if v is not None}
+    trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs, **weights)
+    print(f"loss weights: energy {trainer.energy_weight}, forces {trainer.forces_weight}, "
+          f"stress {trainer.stress_weight}")
 
     def train(task: tuple[int, str, list | None]) -> tuple[Path, float]:
         n, variant, parents = task

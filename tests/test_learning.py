@@ -246,3 +246,26 @@ def test_bootstrap_resamples_keep_every_element():
         drawn = {s for a in frames if weight[a.info["group"]] for s in a.get_chemical_symbols()}
         assert drawn == {"Cu", "Au"}
         assert sum(weight.values()) >= len(names)
+
+
+def test_loss_weights_of_the_config_reach_mace(tmp_path, monkeypatch):
+    import subprocess
+
+    from xtalloop.workflows.csp import energy_model_training_maker
+
+    config = learning_config(tmp_path)
+    learning = config.learn.energy_model.model_copy(update={"forces_weight": 25.0,
+                                                            "energy_weight": 2.0})
+    config = config.model_copy(update={"learn": config.learn.model_copy(
+        update={"energy_model": learning})})
+    trainer = energy_model_training_maker(config, {}, "emt-test").trainer
+    seen = []
+
+    def fake_run(args, **kwargs):
+        seen.extend(args)
+        return subprocess.CompletedProcess(args, 1, "", "stopped by the test")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(XtalloopError, match="stopped by the test"):
+        trainer.train(emt_frames(seed=1, n=4), tmp_path / "mace")
+    assert "--forces_weight=25.0" in seen and "--energy_weight=2.0" in seen

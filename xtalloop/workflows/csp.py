@@ -126,7 +126,8 @@ def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings
         trainer=MaceTrainer(
             num_channels=learning.num_channels, max_L=learning.max_L, r_max=learning.r_max,
             epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
-            device=learning.device),
+            energy_weight=learning.energy_weight, forces_weight=learning.forces_weight,
+            stress_weight=learning.stress_weight, device=learning.device),
         ensemble_size=learning.ensemble_size,
         holdout_fraction=learning.holdout_fraction,
         max_frames_per_relaxation=learning.max_frames_per_relaxation,
