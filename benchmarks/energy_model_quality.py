@@ -20,6 +20,13 @@ Example::
     python benchmarks/energy_model_quality.py --data benchmarks/results/gpaw_light.extxyz \\
         --sizes 5,10,20,all --out benchmarks/results/energy_model_quality \\
         --foundation benchmarks/results/foundation/foundation.model
+    # fine-tuning with other loss weights, then one table and plot of both runs
+    python benchmarks/energy_model_quality.py --variants fine-tuned \\
+        --energy-weight 1 --forces-weight 100 --out forces \\
+        --foundation benchmarks/results/foundation/foundation.model
+    python benchmarks/energy_model_quality.py --variants none --include forces/results.json \\
+        --foundation benchmarks/results/foundation/foundation.model \\
+        --include benchmarks/results/energy_model_quality/results.json --out merged
 """
 
 from __future__ import annotations
@@ -76,8 +83,21 @@ def main() -> None:
                         help="trainings run at once (one thread each)")
     parser.add_argument("--foundation", type=Path, default=None,
                         help="a MACE model file to fine-tune from, beside training from scratch")
+    parser.add_argument("--bootstrap", action="store_true",
+                        help="ensemble members on bootstrap resamples (default: all structures)")
+    parser.add_argument("--variants", default="trained,fine-tuned",
+                        help="which to run: trained (from scratch) and/or fine-tuned (needs "
+                             "--foundation); none scores the pretrained models only")
+    parser.add_argument("--include", type=Path, action="append", default=[],
+                        help="results.json of an earlier run: its rows of other models join "
+                             "this run's table and plot (repeatable)")
     parser.add_argument("--out", default="benchmarks/results/energy_model_quality")
     args = parser.parse_args()
+    wanted = set(args.variants.split(",")) - {"none"}  # none: score and merge only
+    if unknown := wanted - {"trained", "fine-tuned"}:
+        parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    if wanted == {"fine-tuned"} and args.foundation is None:
+        parser.error("--variants fine-tuned needs --foundation")
     warnings.filterwarnings("ignore")
     import torch
 
@@ -111,19 +131,24 @@ def main() -> None:
     start = time.perf_counter()
     chgnet = evaluate(load_energy_model("chgnet"), test, align_on=train)
     rows.append(row("CHGNet (pretrained, before)", 0, chgnet, time.perf_counter() - start))
-    variants = [("trained", None)]
+    variants = [("trained", None)] if "trained" in wanted else []
     if args.foundation is not None:
         foundation = args.foundation.resolve()
         start = time.perf_counter()
         metrics = evaluate(load_energy_model(str(foundation)), test, align_on=train)
         rows.append(row(f"MACE foundation {foundation.name} (before)", 0, metrics,
                         time.perf_counter() - start))
-        variants.append(("fine-tuned", [foundation]))
+        if "fine-tuned" in wanted:
+            variants.append(("fine-tuned", [foundation]))
     weights = {k: v for k, v in (("energy_weight", args.energy_weight),
                                  ("forces_weight", args.forces_weight)) if v is not None}
-    trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs, **weights)
+    trainer = MaceTrainer(num_channels=args.channels, epochs=args.epochs,
+                          bootstrap=args.bootstrap, **weights)
     print(f"loss weights: energy {trainer.energy_weight}, forces {trainer.forces_weight}, "
           f"stress {trainer.stress_weight}")
+    # runs with other loss weights than the trainer's defaults say so in their labels
+    tag = (f" (loss E:F {trainer.energy_weight:g}:{trainer.forces_weight:g})"
+           if weights else "")
 
     def train(task: tuple[int, str, list | None]) -> tuple[Path, float]:
         n, variant, parents = task
@@ -139,9 +164,12 @@ def main() -> None:
         trained = list(pool.map(train, tasks))
     for (n, variant, _), (folder, seconds) in zip(tasks, trained, strict=True):
         metrics = evaluate(load_energy_model(str(folder)), test, align_on=subsets[n])
-        rows.append(row(f"MACE x{args.ensemble}, {variant}", n, metrics, seconds))
+        rows.append(row(f"MACE x{args.ensemble}, {variant}{tag}", n, metrics, seconds))
         print(f"n={n}, {variant}: energy MAE {metrics['energy_mae']:.1f} meV/atom", flush=True)
 
+    for earlier in args.include:
+        labels = {r["model"] for r in rows}
+        rows += [r for r in json.loads(earlier.read_text())["rows"] if r["model"] not in labels]
     keys = ["model", "n_train_structures", "energy_mae", "force_mae", "stress_mae",
             "precision", "recall", "f1", "n_scored", "n_stable_dft", "seconds"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

@@ -46,7 +46,7 @@ def emt_frames(seed: int, n: int = 24, strain: float = 0.02, rattle: float = 0.0
 
 @pytest.fixture(scope="module")
 def trained_ensemble(tmp_path_factory, one_torch_thread):
-    """Three tiny MACE models trained on EMT data (bootstrap resamples, three seeds)."""
+    """Three tiny MACE models trained on EMT data (three seeds)."""
     frames = emt_frames(seed=0)
     folder = TINY.train_ensemble(frames, tmp_path_factory.mktemp("mace"), size=3, seed=0)
     return frames, folder
@@ -80,7 +80,8 @@ def test_ensemble_spread_is_larger_out_of_distribution(trained_ensemble):
         atoms.set_cell(atoms.cell * 0.85, scale_atoms=True)
     spread_in = np.mean([p.energy_std / 4 for p in ensemble.predict(inside)])
     spread_out = np.mean([p.energy_std / 4 for p in ensemble.predict(outside)])
-    assert spread_out > 2 * spread_in
+    # seeds-only members of 6 epochs disagree even in distribution (1.56x measured)
+    assert spread_out > 1.3 * spread_in
 
 
 def test_training_error_is_one_line(tmp_path):
@@ -269,3 +270,30 @@ def test_loss_weights_of_the_config_reach_mace(tmp_path, monkeypatch):
     with pytest.raises(XtalloopError, match="stopped by the test"):
         trainer.train(emt_frames(seed=1, n=4), tmp_path / "mace")
     assert "--forces_weight=25.0" in seen and "--energy_weight=2.0" in seen
+
+
+def test_ensemble_members_share_reference_energies_fitted_on_all_frames(tmp_path, monkeypatch):
+    import subprocess
+
+    from xtalloop.learn.mace_training import _e0s_argument, fit_e0s
+
+    additive = emt_frames(seed=2, n=12)
+    true = {29: -3.5, 79: -1.25}
+    for atoms in additive:  # energies that are exactly a sum of per-element references
+        energy = sum(true[int(z)] for z in atoms.numbers)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=atoms.get_forces(),
+                                           stress=atoms.get_stress())
+    assert fit_e0s(additive) == pytest.approx(true)
+
+    frames = emt_frames(seed=2, n=12)  # EMT energies: each resample would fit other E0s
+    e0_arguments = []
+
+    def fake_run(args, **kwargs):
+        e0_arguments.extend(a for a in args if a.startswith("--E0s="))
+        return subprocess.CompletedProcess(args, 1, "", "stopped by the test")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    for seed in range(3):  # each call stops at its first member, whose resample differs
+        with pytest.raises(XtalloopError):
+            TINY.train_ensemble(frames, tmp_path / f"e{seed}", size=3, seed=seed, bootstrap=True)
+    assert e0_arguments == [f"--E0s={_e0s_argument(fit_e0s(frames))}"] * 3

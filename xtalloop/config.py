@@ -146,7 +146,9 @@ class EnergyModelLearning(_Section):
     """
 
     enabled: bool = False
-    ensemble_size: int = Field(3, ge=1, description="models, different seeds and resamples")
+    ensemble_size: int = Field(3, ge=1, description="models, different seeds")
+    bootstrap: bool = Field(False, description="members train on bootstrap resamples of the "
+                            "structures (worse with few structures: benchmarks/README.md)")
     epochs: int = Field(60, ge=1)
     num_channels: int = Field(32, ge=1)
     max_L: int = Field(0, ge=0, le=2)

@@ -4,9 +4,17 @@
 ``mace_run_train`` (``python -m mace.cli.run_train``) in a subprocess: from
 scratch, or from a parent model's weights (``--foundation_model``, plain
 fine-tuning) when the parent is a MACE model that knows every element of the
-data. :meth:`MaceTrainer.train_ensemble` trains several members on bootstrap
-resamples of the structures with different seeds; their spread is the
-uncertainty the picker can explore.
+data. :meth:`MaceTrainer.train_ensemble` trains several members with
+different seeds (and, with ``bootstrap``, on resamples of the structures);
+their spread is the uncertainty the picker can explore. The members share one
+set of per-element reference energies (E0s), fitted on all the frames.
+
+Both choices are measured (``benchmarks/README.md``, 34 GPAW structures,
+fine-tuned): fitted on each resample, an element seen in one or two
+compositions got references 10 eV apart and the ensemble's held-out energy
+error was 535 meV/atom; shared E0s brought it to 360, and members on all the
+structures (seeds only) to 193. A resample leaves out a third of the
+structures, and with a few dozen that is the only compound of some element.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ class MaceTrainer:
         Loss weights (``--loss weighted``; energies per atom).
     valid_fraction
         Share of the training frames mace holds out for its own early checks.
+    bootstrap
+        Ensemble members train on bootstrap resamples of the structures, not
+        all of them (worse with a few dozen structures, see above).
     device
         Torch device.
     threads
@@ -67,12 +78,14 @@ class MaceTrainer:
     forces_weight: float = 1.0
     stress_weight: float = 1.0
     valid_fraction: float = 0.1
+    bootstrap: bool = False
     device: str = "cpu"
     threads: int = 1
     timeout_s: float = 3600.0
 
     def train(self, frames: list[Atoms], workdir: str | Path, seed: int = 0,
-              parent: Path | None = None, name: str = "model") -> Path:
+              parent: Path | None = None, name: str = "model",
+              e0s: dict[int, float] | None = None) -> Path:
         """Train one model on ``frames``; returns the path of the ``.model`` file.
 
         Parameters
@@ -88,6 +101,9 @@ class MaceTrainer:
             A MACE model to fine-tune; ``None`` trains from scratch.
         name
             Name of the model file.
+        e0s
+            Reference energy (eV) per atomic number; ``None`` fits them to
+            ``frames`` by least squares (mace's ``--E0s=average``).
 
         Raises
         ------
@@ -106,7 +122,7 @@ class MaceTrainer:
             sys.executable, "-m", "mace.cli.run_train", f"--name={name}",
             f"--train_file={train_file}", f"--valid_fraction={self.valid_fraction}",
             f"--energy_key={ENERGY_KEY}", f"--forces_key={FORCES_KEY}",
-            f"--stress_key={STRESS_KEY}", "--E0s=average", "--loss=weighted",
+            f"--stress_key={STRESS_KEY}", f"--E0s={_e0s_argument(e0s)}", "--loss=weighted",
             f"--energy_weight={self.energy_weight}", f"--forces_weight={self.forces_weight}",
             f"--stress_weight={self.stress_weight}", "--compute_stress=True",
             f"--batch_size={min(self.batch_size, max(1, len(frames) // 2))}",
@@ -142,12 +158,13 @@ class MaceTrainer:
 
     def train_ensemble(self, frames: list[Atoms], workdir: str | Path, size: int = 3,
                        seed: int = 0, parents: list[Path] | None = None,
-                       bootstrap: bool = True) -> Path:
+                       bootstrap: bool | None = None) -> Path:
         """Train ``size`` members into ``workdir/ensemble/member_<i>.model``.
 
-        Member ``i`` trains with seed ``seed + i`` on a bootstrap resample of
-        the structures (whole relaxations are drawn, not single frames), from
-        ``parents[i % len(parents)]`` when parents are given.
+        Member ``i`` trains with seed ``seed + i`` on all the frames or, with
+        ``bootstrap`` (``None``: the trainer's setting), on a bootstrap
+        resample of the structures (whole relaxations are drawn, not single
+        frames), from ``parents[i % len(parents)]`` when parents are given.
 
         Returns
         -------
@@ -160,6 +177,8 @@ class MaceTrainer:
         out.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
         names = groups(frames)
+        e0s = fit_e0s(frames)  # one set for all members, from all the frames
+        bootstrap = self.bootstrap if bootstrap is None else bootstrap
         for i in range(size):
             subset = frames
             if bootstrap and size > 1 and len(names) > 1:
@@ -167,13 +186,37 @@ class MaceTrainer:
                 subset = [a for a in frames for _ in range(weight[a.info["group"]])]
             parent = parents[i % len(parents)] if parents else None
             model = self.train(subset, workdir / f"member_{i}", seed=seed + i,
-                               parent=parent, name=f"member_{i}")
+                               parent=parent, name=f"member_{i}", e0s=e0s)
             model.replace(out / f"member_{i}.model")
         return out
 
     def settings(self) -> dict:
         """The settings as a plain dict, for the model registry."""
         return asdict(self)
+
+
+def fit_e0s(frames: list[Atoms]) -> dict[int, float]:
+    """Per-element reference energies: least squares of the frames' energies on their counts.
+
+    What mace's ``--E0s=average`` computes (the minimum-norm solution where
+    the compositions do not determine every element).
+    """
+    zs = sorted({int(z) for a in frames for z in a.numbers})
+    column = {z: j for j, z in enumerate(zs)}
+    counts = np.zeros((len(frames), len(zs)))
+    for i, atoms in enumerate(frames):
+        for z in atoms.numbers:
+            counts[i, column[int(z)]] += 1
+    energies = np.array([a.calc.results["energy"] for a in frames])
+    solution = np.linalg.lstsq(counts, energies, rcond=None)[0]
+    return {z: float(e) for z, e in zip(zs, solution, strict=True)}
+
+
+def _e0s_argument(e0s: dict[int, float] | None) -> str:
+    """mace's ``--E0s`` value: ``average`` or a dict literal."""
+    if e0s is None:
+        return "average"
+    return "{" + ", ".join(f"{z}: {e!r}" for z, e in sorted(e0s.items())) + "}"
 
 
 def _bootstrap_weights(frames: list[Atoms], names: list[str],
