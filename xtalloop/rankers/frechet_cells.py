@@ -135,13 +135,16 @@ class FrechetCells:
         stresses: Sequence[np.ndarray],
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Forces and stresses as ``Atoms.get_forces`` / ``get_stress`` adjust them."""
-        forces = [np.array(f, dtype=float) for f in forces]
-        stresses = [np.array(s, dtype=float) for s in stresses]
-        for i, force, stress in zip(indices, forces, stresses, strict=True):
+        forces = [np.asarray(f) for f in forces]
+        stresses = [np.asarray(s) for s in stresses]
+        for k, i in enumerate(indices):
+            if not self.atoms[i].constraints:
+                continue
+            forces[k], stresses[k] = forces[k].astype(float), stresses[k].astype(float)
             for constraint in self.atoms[i].constraints:
-                constraint.adjust_forces(self.atoms[i], force)
+                constraint.adjust_forces(self.atoms[i], forces[k])
                 if hasattr(constraint, "adjust_stress"):
-                    constraint.adjust_stress(self.atoms[i], stress)
+                    constraint.adjust_stress(self.atoms[i], stresses[k])
         return forces, stresses
 
 
