@@ -13,7 +13,7 @@ Both choices are measured (``benchmarks/README.md``, 34 GPAW structures,
 fine-tuned): fitted on each resample, an element seen in one or two
 compositions got references 10 eV apart and the ensemble's held-out energy
 error was 535 meV/atom; shared E0s brought it to 360, and members on all the
-structures (seeds only) to 193. A resample leaves out a third of the
+structures (seeds only) to 178. A resample leaves out a third of the
 structures, and with a few dozen that is the only compound of some element.
 """
 
