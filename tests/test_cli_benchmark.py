@@ -43,16 +43,22 @@ def tiny_structures() -> dict[str, Structure]:
     }
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """A folder with ``tiny.csv``, shaped like the shared data."""
-    folder = tmp_path_factory.mktemp("cli_benchmark")
-    rows = [
+def shared_rows(structures: dict[str, Structure]) -> pd.DataFrame:
+    """Rows shaped like the shared data."""
+    return pd.DataFrame([
         {"material_id": mid, "cif": str(CifWriter(s)), "nsites": len(s),
          "n_elements": len(s.composition), "reduced_formula": s.composition.reduced_formula}
-        for mid, s in tiny_structures().items()
-    ]
-    pd.DataFrame(rows).to_csv(folder / "tiny.csv")
+        for mid, s in structures.items()
+    ])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder with ``tiny.csv`` and ``templates.csv``: the same crystals under other ids."""
+    folder = tmp_path_factory.mktemp("cli_benchmark")
+    shared_rows(tiny_structures()).to_csv(folder / "tiny.csv")
+    shared_rows({"ref" + mid[1:]: s for mid, s in tiny_structures().items()}).to_csv(
+        folder / "templates.csv")
     return folder
 
 
@@ -82,19 +88,23 @@ def test_two_generators_in_one_run(work):
     out = subprocess.run(
         [sys.executable, "-m", "xtalloop.cli", "benchmark", "csp", "--data", "tiny.csv",
          "--n", "5", "--k", "1,2", "--generator", "random_symmetric",
-         "--generator", "prototype_substitution", "--reference-csv", "tiny.csv",
+         "--generator", "prototype_substitution", "--reference-csv", "templates.csv",
          "--max-atoms", "8", "--out", "bench", "--no-progress"],
         capture_output=True, text=True, cwd=work, timeout=120, env=env,
     )
     assert out.returncode == 0, out.stderr
     assert "| random_symmetric |" in out.stdout and "| prototype_substitution |" in out.stdout
-    assert "reference table is the benchmark table" in out.stderr  # leak warning
+    assert "warning" not in out.stderr
+    assert "templates: 5 of 5 rows of templates.csv, cells up to 8 atoms" in out.stdout
 
     bench = work / "bench"
     combined = json.loads((bench / "results.json").read_text())
     assert list(combined["generators"]) == ["random_symmetric", "prototype_substitution"]
     assert combined["ks"] == [1, 2] and len(combined["material_ids"]) == 5
-    assert "| match@1 | match@2 |" in (bench / "results.md").read_text()
+    assert combined["max_atoms"] == 8 and combined["templates"]["n_refused"] == 0
+    table = (bench / "results.md").read_text()
+    assert "| match@1 | match@2 |" in table and "| ranked@1 |" in table
+    assert table.count("| n/a |") == 2  # ranked@1 of both generators: not relaxed
     per_generator = {
         name: json.loads((bench / name / "results.json").read_text())
         for name in combined["generators"]
@@ -105,6 +115,58 @@ def test_two_generators_in_one_run(work):
     # substitution into the table itself finds every answer
     assert combined["generators"]["prototype_substitution"]["match_rate"]["1"] == 1.0
     assert combined["generators"]["random_symmetric"]["per_arity"]["3"]["n"] == 1
+
+
+def l12(a_el: str, b_el: str, a: float) -> Structure:
+    """Cu3Au-type (L1_2) A3B."""
+    return Structure(Lattice.cubic(a), [b_el, a_el, a_el, a_el],
+                     [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+
+
+def test_defaults_and_ranked_at_1_with_emt(tmp_path):
+    """Templates from the train split beside --data (a target's own row refused), cells up
+    to the data's largest, candidates relaxed with EMT and the lowest-energy one picked.
+
+    Cu gets fcc (from Ag) and bcc (from Fe) candidates; EMT puts fcc lower, so the pick
+    matches even though bcc comes first among the candidates. A corrupt row in each table
+    is skipped with a counted warning.
+    """
+    (tmp_path / "mp_20").mkdir()
+    val = tmp_path / "mp_20" / "val.csv"
+    corrupt = {"cif": "garbage", "nsites": 2, "reduced_formula": "NaCl"}
+    rows = shared_rows({"v-Cu": Structure(fcc(3.61), ["Cu"], [[0, 0, 0]]),
+                        "v-Ni3Al": l12("Ni", "Al", 3.57)})
+    pd.concat([rows, pd.DataFrame([corrupt | {"material_id": "v-bad"}])]).to_csv(val)
+    rows = shared_rows({"t-Fe": Structure(Lattice.cubic(2.87), ["Fe"], [[0, 0, 0]]),
+                        "t-Ag": Structure(fcc(4.09), ["Ag"], [[0, 0, 0]]),
+                        "t-Cu3Au": l12("Cu", "Au", 3.75),
+                        "v-Cu": Structure(fcc(3.61), ["Cu"], [[0, 0, 0]])})  # a target
+    pd.concat([rows, pd.DataFrame([corrupt | {"material_id": "t-bad"}])]).to_csv(
+        tmp_path / "mp_20" / "train_partial.csv")
+    out = tmp_path / "bench"
+    result = invoke("--data", str(val), "--n", "3", "--k", "1,2",
+                    "--generator", "prototype_substitution", "--relax", "emt",
+                    "--relax-steps", "100", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "refused 1 templates whose material_id is a row of val.csv" in result.stderr
+    assert "skipped 1 template rows with an unreadable CIF" in result.stderr
+    assert "skipped 1 of 3 sampled rows of val.csv with an unreadable CIF" in result.stderr
+    combined = json.loads((out / "results.json").read_text())
+    assert combined["max_atoms"] == 4  # Ni3Al's cell
+    assert combined["templates"] | {"used_csv": None} == {
+        "reference_csv": str(tmp_path / "mp_20" / "train_partial.csv"), "used_csv": None,
+        "n_rows": 5, "n_refused": 1, "n_unreadable": 1}
+    assert combined["unreadable_targets"] == ["v-bad"] and combined["n_compositions"] == 2
+    summary = combined["generators"]["prototype_substitution"]
+    assert summary["generator_settings"]["max_atoms"] == 4
+    assert summary["relaxed"] and summary["ranked_match_rate"] == {"1": 1.0}
+    records = json.loads((out / "prototype_substitution" / "results.json").read_text())
+    cu = next(r for r in records["per_composition"] if r["material_id"] == "v-Cu")
+    assert cu["n_candidates"] == 2 and cu["ranked_match"] is True
+    assert cu["rms"][0] is None and cu["rms"][1] is not None  # bcc first, fcc second
+    assert cu["energy_per_atom"][1] < cu["energy_per_atom"][0]
+    assert summary["match_rate"] == {"1": 0.5, "2": 1.0}
+    assert "| ranked@1 |" in result.stdout and "| 100.0% |" in result.stdout
 
 
 def test_diffusion_generator_in_the_benchmark(work, checkpoint):
@@ -121,7 +183,7 @@ def test_diffusion_generator_in_the_benchmark(work, checkpoint):
 def test_templates_and_diffusion_pooled_in_the_benchmark(work, checkpoint):
     result = invoke("--data", str(work / "tiny.csv"), "--n", "5", "--k", "1,4",
                     "--generator", "templates+diffusion", "--checkpoint", str(checkpoint),
-                    "--reference-csv", str(work / "tiny.csv"), "--n-steps", "3",
+                    "--reference-csv", str(work / "templates.csv"), "--n-steps", "3",
                     "--max-atoms", "8", "--out", str(work / "pooled"))
     assert result.exit_code == 0, result.output
     pooled = json.loads((work / "pooled" / "templates+diffusion" / "results.json").read_text())
@@ -176,13 +238,23 @@ def test_parse_ks():
           "--reference-csv", "{missing}"], "reference table of prototype_substitution not found"),
         (["--data", "{csv}", "--generator", "random_symmetric", "--relax", "nonsense"],
          "unknown energy model"),
+        (["--data", "{csv}", "--generator", "prototype_substitution"],
+         "no training split (train_partial.csv.gz) beside"),
+        (["--data", "{csv}", "--generator", "prototype_substitution", "--reference-csv", "{csv}"],
+         "templates include the targets"),
+        (["--data", "{csv}", "--generator", "prototype_substitution",
+          "--reference-csv", "{corrupt_csv}"], "no usable template in"),
+        (["--data", "{corrupt_csv}", "--generator", "random_symmetric"], "no usable target in"),
     ],
 )
 def test_bad_input_gives_one_error_line(args, message, work):
     (work / "bad.csv").write_text("a,b\n1,2\n")
     (work / "bad.pt").write_bytes(b"\x00not a checkpoint")
+    corrupt = pd.read_csv(work / "templates.csv", index_col=0).assign(cif="data_x\nnot a cif")
+    corrupt.to_csv(work / "corrupt.csv")  # readable formulas and sizes, no readable CIF
     names = {"missing": str(work / "missing.file"), "csv": str(work / "tiny.csv"),
-             "bad_csv": str(work / "bad.csv"), "bad_ckpt": str(work / "bad.pt")}
+             "bad_csv": str(work / "bad.csv"), "bad_ckpt": str(work / "bad.pt"),
+             "corrupt_csv": str(work / "corrupt.csv")}
     result = invoke(*[a.format(**names) for a in args], "--out", str(work / "never"))
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and message in result.stderr

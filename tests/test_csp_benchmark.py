@@ -136,9 +136,9 @@ def test_generator_sees_only_reduced_composition_and_k_max(val_csv):
 def test_sampling_is_reproducible_and_relax_is_applied(val_csv):
     relaxed_batches = []
 
-    def relax(batch: list[Structure]) -> list[Structure]:
+    def relax(batch: list[Structure]) -> tuple[list[Structure], list[float]]:
         relaxed_batches.append(len(batch))
-        return [s.copy() for s in batch]
+        return [s.copy() for s in batch], [-1.0] * len(batch)
 
     runs = [
         run_csp_benchmark(
@@ -151,6 +151,7 @@ def test_sampling_is_reproducible_and_relax_is_applied(val_csv):
     assert ids[0] == ids[1] and len(set(ids[0])) == 3
     assert relaxed_batches == [1] * 6
     assert runs[0]["relaxed"] is True
+    assert runs[0]["per_composition"][0]["energy_per_atom"] == [-1.0]
     everything = run_csp_benchmark(val_csv, NothingGenerator(), 50, progress=False)
     assert everything["n_compositions"] == 5
 
@@ -184,3 +185,163 @@ def test_a_collapsed_cell_matches_nothing_and_does_not_hang_the_matcher():
     assert degenerate(collapsed) and not degenerate(truth)
     assert _rms(StructureMatcher(**MATCHER_SETTINGS), collapsed, truth) is None
     assert _rms(StructureMatcher(**MATCHER_SETTINGS), truth.copy(), truth) == pytest.approx(0)
+
+
+@dataclass
+class TwoPolymorphs:
+    """Rocksalt then CsCl-type (B2) of the target's two elements: at most one matches."""
+
+    name: str = "two polymorphs"
+
+    def generate(self, composition: Composition, n: int, seed: int) -> list[Candidate]:
+        a, b = (str(el) for el in composition.elements)
+        pair = [Structure(fcc_primitive(5.64), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+                Structure(Lattice.cubic(3.0), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])]
+        return [Candidate(s, self.name, seed, i) for i, s in enumerate(pair[:n])]
+
+
+def test_ranked_at_1_follows_the_lowest_energy_candidate(tmp_path):
+    """Targets: rocksalt NaCl and B2 CuZn; each gets one right and one wrong polymorph.
+
+    With rocksalt lowest in energy, the NaCl pick is right and the CuZn pick wrong; a failed
+    relaxation (None) never ranks; without relaxation ranked@1 is not reported.
+    """
+    rows = [{"material_id": mid, "cif": str(CifWriter(structures()[mid]))}
+            for mid in ("v-NaCl", "v-CuZn")]
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+
+    def relax_with(energies):
+        return lambda batch: ([s.copy() for s in batch], list(energies))
+
+    def run(energies):
+        return run_csp_benchmark(data, TwoPolymorphs(), 2, ks=(1, 2), progress=False,
+                                 relax=relax_with(energies) if energies else None)
+
+    rocksalt_low = run([-2.0, -1.0])
+    assert rocksalt_low["match_rate"] == {"1": 0.5, "2": 1.0}
+    assert rocksalt_low["ranked_match_rate"] == {"1": 0.5}
+    by_id = {r["material_id"]: r for r in rocksalt_low["per_composition"]}
+    assert by_id["v-NaCl"]["energy_per_atom"] == [-2.0, -1.0]
+    assert by_id["v-NaCl"]["ranked_match"] is True and by_id["v-CuZn"]["ranked_match"] is False
+    assert rocksalt_low["per_arity"]["2"]["ranked_match_rate"] == {"1": 0.5}
+    assert rocksalt_low["per_arity"]["3"]["ranked_match_rate"] == {"1": None}  # no ternary
+    # a failed relaxation (NaN or None) never ranks: B2 is picked for both rows
+    assert run([float("nan"), -1.0])["ranked_match_rate"] == {"1": 0.5}
+    assert run([None, -1.0])["ranked_match_rate"] == {"1": 0.5}
+    # B2 lowest: CuZn picked right, NaCl wrong; no energy at all: no pick
+    b2_low = run([-1.0, -2.0])
+    assert b2_low["ranked_match_rate"] == {"1": 0.5}
+    assert [r["ranked_match"] for r in b2_low["per_composition"]] == [
+        r["material_id"] == "v-CuZn" for r in b2_low["per_composition"]]
+    assert run([None, None])["ranked_match_rate"] == {"1": 0.0}
+    unrelaxed = run(None)
+    assert unrelaxed["ranked_match_rate"] == {"1": None} and not unrelaxed["relaxed"]
+    assert unrelaxed["per_composition"][0]["energy_per_atom"] is None
+    json.dumps(rocksalt_low, allow_nan=False)
+
+
+def test_relax_returning_the_wrong_number_of_energies_is_refused(val_csv):
+    def relax(batch):
+        return batch, []
+
+    with pytest.raises(ValueError, match="0 energies for 3 candidates"):
+        run_csp_benchmark(val_csv, RecordingGenerator(), 1, ks=(3,), relax=relax,
+                          progress=False)
+
+
+def test_unreadable_targets_are_skipped_and_counted(tmp_path, val_csv):
+    table = pd.read_csv(val_csv, index_col=0)
+    table.loc[table["material_id"] == "v-Cu", "cif"] = "data_broken\n_cell_length_a 3\n"
+    partly = tmp_path / "partly.csv"
+    table.to_csv(partly, index=False)
+    result = run_csp_benchmark(partly, RecordingGenerator(), 5, progress=False)
+    assert result["unreadable_targets"] == ["v-Cu"] and result["n_compositions"] == 4
+    table["cif"] = "not a cif"
+    table.to_csv(partly, index=False)
+    with pytest.raises(DataError, match="no usable target in .*none of the 5 sampled rows"):
+        run_csp_benchmark(partly, RecordingGenerator(), 5, progress=False)
+
+
+def shared_shape(rows: dict[str, Structure], nsites: bool = True) -> pd.DataFrame:
+    """Rows shaped like MP-20 (with ``nsites``) or like MPTS-52 val (without)."""
+    return pd.DataFrame([
+        {"material_id": mid, "cif": str(CifWriter(s))} | ({"nsites": len(s)} if nsites else {})
+        for mid, s in rows.items()
+    ])
+
+
+def test_defaults_follow_the_evaluated_data_set(tmp_path):
+    from xtalloop.benchmark.references import default_reference_csv, largest_cell
+    from xtalloop.errors import ConfigError
+
+    for name in ("mp_20", "mpts_52"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_partial.csv.gz").write_bytes(b"")
+    assert default_reference_csv(tmp_path / "mpts_52" / "val.csv.gz") == \
+        tmp_path / "mpts_52" / "train_partial.csv.gz"
+    assert default_reference_csv(tmp_path / "mp_20" / "val.csv.gz") == \
+        tmp_path / "mp_20" / "train_partial.csv.gz"
+    with pytest.raises(ConfigError, match="no training split .* pass --reference-csv"):
+        default_reference_csv(tmp_path / "elsewhere.csv")
+
+    rows = structures()
+    big = rows["v-SrTiO3"].copy()
+    big.make_supercell([2, 2, 2])  # 40 atoms
+    rows["v-big"] = big
+    assert largest_cell(shared_shape(rows), "x") == 40
+    assert largest_cell(shared_shape(rows, nsites=False), "x") == 40  # from the CIFs' formulas
+    broken = shared_shape(rows, nsites=False).assign(cif="garbage")
+    with pytest.raises(DataError, match="no usable target in x"):
+        largest_cell(broken, "x")
+
+
+def test_templates_that_are_targets_are_refused(tmp_path):
+    from xtalloop.benchmark.references import prepare_templates
+    from xtalloop.generators.prototype_substitution import read_structure_csv
+
+    rows = structures()
+    data = shared_shape({mid: rows[mid] for mid in ("v-NaCl", "v-ZnS")})
+    data_csv = tmp_path / "val.csv"
+    data.to_csv(data_csv, index=False)
+    reference = shared_shape({"t-" + mid: s for mid, s in rows.items()}
+                             | {"v-NaCl": rows["v-NaCl"]})
+    reference_csv = tmp_path / "train.csv"
+    reference.to_csv(reference_csv, index=False)
+
+    templates = prepare_templates(reference_csv, data_csv, data, tmp_path / "out")
+    assert (templates.n_rows, templates.n_refused, templates.n_unreadable) == (6, 1, 0)
+    assert templates.path == tmp_path / "out" / "templates.csv.gz"
+    assert "v-NaCl" not in set(read_structure_csv(templates.path)["material_id"])
+    assert templates.n_used == len(read_structure_csv(templates.path)) == 5
+
+    clean = prepare_templates(tmp_path / "train.csv", data_csv, data.iloc[1:], tmp_path / "o2")
+    assert clean.path == reference_csv and clean.n_refused == 0  # nothing to drop, no copy
+
+    with pytest.raises(DataError, match="^templates include the targets"):
+        prepare_templates(data_csv, data_csv, data, tmp_path / "out")
+    pd.concat([reference, data]).to_csv(reference_csv, index=False)
+    with pytest.raises(DataError, match="^templates include the targets"):
+        prepare_templates(reference_csv, data_csv, data, tmp_path / "out")
+
+
+def test_corrupt_templates_are_skipped_and_counted_or_refused(tmp_path):
+    from xtalloop.benchmark.references import prepare_templates
+
+    rows = structures()
+    data = shared_shape({"v-NaCl": rows["v-NaCl"]})
+    reference = shared_shape({"t-" + mid: s for mid, s in rows.items()})
+    reference["reduced_formula"] = [s.composition.reduced_formula for s in rows.values()]
+    reference.loc[:1, "cif"] = ["not a cif", "data_x\n_cell_length_a 3\n"]
+    reference.to_csv(tmp_path / "train.csv", index=False)
+    templates = prepare_templates(tmp_path / "train.csv", tmp_path / "val.csv", data,
+                                  tmp_path / "out")
+    assert (templates.n_unreadable, templates.n_used) == (2, 3)
+
+    # every CIF broken (one truncated after its first atom-site header): no template at all
+    truncated = str(CifWriter(rows["v-NaCl"]))
+    reference["cif"] = "garbage"
+    reference.loc[0, "cif"] = truncated[: truncated.index("_atom_site_type_symbol") + 30]
+    reference.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(DataError, match="^no usable template in .*train.csv"):
+        prepare_templates(tmp_path / "train.csv", tmp_path / "val.csv", data, tmp_path / "out")

@@ -6,12 +6,18 @@ generators see the same compositions. Each generator's full result goes to
 its own sub-folder (``results.json`` and ``match_rate.png``); the folder
 itself gets a combined ``results.json`` (without the per-composition records)
 and ``results.md``, the table also printed to the terminal.
+
+Defaults follow the evaluated table (:mod:`xtalloop.benchmark.references`):
+templates from the ``train_partial`` split beside it, with any template that
+is one of its rows refused, and cells up to its largest. With ``--relax`` the
+candidates of each composition are relaxed in one batch and ``ranked@1``
+(whether the lowest-energy candidate matches) is reported beside match@k.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,7 @@ from typing import Any
 import typer
 
 from xtalloop.cli_errors import user_errors
-from xtalloop.errors import ConfigError, DataError, XtalloopError
+from xtalloop.errors import ConfigError, DataError
 
 benchmark_app = typer.Typer(
     add_completion=False,
@@ -39,6 +45,10 @@ class GeneratorKind(str, Enum):
 
 
 DEFAULT_MAX_ATOMS = 20  # MP-20's largest cell
+
+#: Generators that substitute into templates (they need a reference table).
+TEMPLATE_KINDS = frozenset({GeneratorKind.prototype_substitution,
+                            GeneratorKind.templates_then_diffusion})
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -72,6 +82,7 @@ def build_generators(
     reference_csv: str | None = None,
     n_steps: int | None = None,
     device: str = "cpu",
+    default_max_atoms: int = DEFAULT_MAX_ATOMS,
 ) -> list[Any]:
     """One generator per distinct kind, in the order given, checked before any run.
 
@@ -80,8 +91,8 @@ def build_generators(
     kinds
         Generators to build (repeats are dropped).
     max_atoms
-        Largest cell a generator may return (``None``: 20, or for the diffusion
-        generator its checkpoint's largest training cell).
+        Largest cell a generator may return (``None``: ``default_max_atoms``, or
+        for the diffusion generator its checkpoint's largest training cell).
     checkpoint
         Diffusion checkpoint (needed for ``diffusion`` and ``templates+diffusion``,
         which interleaves prototype substitution's candidates with the model's).
@@ -91,6 +102,8 @@ def build_generators(
         Reverse steps of the diffusion sampler (``None``: all).
     device
         Torch device of the diffusion generator.
+    default_max_atoms
+        Largest cell of the template and random generators when ``max_atoms`` is None.
 
     Raises
     ------
@@ -98,26 +111,27 @@ def build_generators(
         A diffusion generator without a readable checkpoint, a missing reference table.
     """
     generators: list[Any] = []
+    cap = max_atoms or default_max_atoms
     for kind in dict.fromkeys(kinds):
         if kind is GeneratorKind.random_symmetric:
             from xtalloop.generators.random_symmetric import RandomSymmetricGenerator
 
-            generators.append(RandomSymmetricGenerator(max_atoms=max_atoms or DEFAULT_MAX_ATOMS))
+            generators.append(RandomSymmetricGenerator(max_atoms=cap))
         elif kind is GeneratorKind.prototype_substitution:
-            generators.append(_prototype_generator(max_atoms, reference_csv))
+            generators.append(_prototype_generator(cap, reference_csv))
         elif kind is GeneratorKind.diffusion:
             generators.append(_diffusion_generator(max_atoms, checkpoint, n_steps, device))
         else:
             from xtalloop.generators.pooled import PooledGenerator
 
             generators.append(PooledGenerator(
-                [_prototype_generator(max_atoms, reference_csv),
+                [_prototype_generator(cap, reference_csv),
                  _diffusion_generator(max_atoms, checkpoint, n_steps, device)],
                 name=kind.value))
     return generators
 
 
-def _prototype_generator(max_atoms: int | None, reference_csv: str | None) -> Any:
+def _prototype_generator(max_atoms: int, reference_csv: str | None) -> Any:
     from xtalloop.generators.prototype_substitution import (
         DEFAULT_REFERENCE_CSV,
         PrototypeSubstitutionGenerator,
@@ -127,8 +141,7 @@ def _prototype_generator(max_atoms: int | None, reference_csv: str | None) -> An
     if not Path(reference).is_file():
         raise DataError(f"reference table of prototype_substitution not found: {reference} "
                         "(pass --reference-csv)")
-    return PrototypeSubstitutionGenerator(reference_csv=str(reference),
-                                          max_atoms=max_atoms or DEFAULT_MAX_ATOMS)
+    return PrototypeSubstitutionGenerator(reference_csv=str(reference), max_atoms=max_atoms)
 
 
 def _diffusion_generator(
@@ -151,42 +164,8 @@ def _diffusion_generator(
     return generator
 
 
-def make_relax(spec: str, device: str, fmax: float, steps: int) -> Callable[[list], list]:
-    """A ``relax(structures) -> structures`` that relaxes with an ML energy model.
-
-    Parameters
-    ----------
-    spec
-        ``chgnet``, ``emt`` or a MACE model file (see
-        :func:`~xtalloop.models.load_energy_model`).
-    device
-        Torch device of the model.
-    fmax, steps
-        Force threshold (eV/Å) and step limit of the batched FIRE relaxation.
-    """
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from xtalloop.cli_generator import one_line
-    from xtalloop.models import load_energy_model
-    from xtalloop.rankers.batch_relax import BatchRelaxer
-
-    relaxer = BatchRelaxer(load_energy_model(spec, device), fmax=fmax, steps=steps,
-                           progress=False)
-
-    def relax(structures: list) -> list:
-        try:
-            results = relaxer.relax([AseAtomsAdaptor.get_atoms(s) for s in structures])
-        except Exception as exc:  # e.g. a model without parameters for an element
-            formula = structures[0].composition.reduced_formula
-            raise XtalloopError(f"relaxation with {spec!r} failed on {formula}: "
-                                f"{one_line(exc)}") from None
-        return [AseAtomsAdaptor.get_structure(r.atoms) for r in results]
-
-    return relax
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+def _percent(value: float | None, missing: str = "—") -> str:
+    return missing if value is None else f"{100 * value:.1f}%"
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -200,7 +179,9 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def summary_markdown(results: dict[str, dict[str, Any]], relax_model: str | None = None) -> str:
-    """Two markdown tables: overall match rate, RMSE and timings; match rate per arity.
+    """Two markdown tables: overall match rate, RMSE, ranked@1 and timings; the rates per arity.
+
+    ranked@1 (the lowest-energy relaxed candidate matches) reads ``n/a`` without relaxation.
 
     Parameters
     ----------
@@ -213,12 +194,13 @@ def summary_markdown(results: dict[str, dict[str, Any]], relax_model: str | None
     first = next(iter(results.values()))
     ks = [str(k) for k in first["ks"]]
     header = (["generator"] + [f"match@{k}" for k in ks] + [f"RMSE@{k}" for k in ks]
-              + ["no candidates", "failed", "gen s/structure", "wall s"])
+              + ["ranked@1", "no candidates", "failed", "gen s/structure", "wall s"])
     rows = [
         [name]
         + [_percent(r["match_rate"][k]) for k in ks]
         + [_number(r["rmse"][k]) for k in ks]
-        + [str(r["n_zero_candidates"]), str(r["n_failed"]),
+        + [_percent(r["ranked_match_rate"]["1"], "n/a") if r["relaxed"] else "n/a",
+           str(r["n_zero_candidates"]), str(r["n_failed"]),
            _number(r["time_per_structure_s"], 3), f"{r['wall_time_s']:.1f}"]
         for name, r in results.items()
     ]
@@ -226,27 +208,35 @@ def summary_markdown(results: dict[str, dict[str, Any]], relax_model: str | None
     arity_header = ["generator", "k"] + [
         f"{label} el. (n={first['per_arity'][label]['n']})" for label in labels
     ]
-    arity_rows = [
-        [name, k] + [_percent(r["per_arity"][label]["match_rate"][k]) for label in labels]
-        for name, r in results.items()
-        for k in ks
-    ]
+    arity_rows = []
+    for name, r in results.items():
+        arity_rows += [[name, k] + [_percent(r["per_arity"][label]["match_rate"][k])
+                                    for label in labels] for k in ks]
+        if r["relaxed"]:
+            arity_rows.append([name, "ranked@1"] + [
+                _percent(r["per_arity"][label]["ranked_match_rate"]["1"]) for label in labels])
     relaxed = ""
     if first["relaxed"]:
         relaxed = f", candidates relaxed with {relax_model or 'an ML model'}"
     title = (f"CSP benchmark: {first['n_compositions']} compositions of "
              f"{Path(first['data_csv']).name}, seed {first['seed']}{relaxed}")
     lines = [f"## {title}", "", *_markdown(header, rows), "",
-             "Match rate by number of distinct elements:", "", *_markdown(arity_header, arity_rows)]
+             "Match rate (and ranked@1) by number of distinct elements:", "",
+             *_markdown(arity_header, arity_rows)]
     return "\n".join(lines) + "\n"
 
 
 def combined_results(
-    results: dict[str, dict[str, Any]], relax_model: str | None = None
+    results: dict[str, dict[str, Any]],
+    relax_model: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The run's settings and each generator's summary (per-composition records left out)."""
+    """The run's settings and each generator's summary (per-composition records left out).
+
+    ``settings`` (such as ``max_atoms`` and the templates used) are added as they are.
+    """
     first = next(iter(results.values()))
-    return {
+    return (settings or {}) | {
         "data_csv": first["data_csv"],
         "n_compositions": first["n_compositions"],
         "ks": first["ks"],
@@ -255,6 +245,7 @@ def combined_results(
         "relax_model": relax_model,
         "matcher": first["matcher"],
         "material_ids": [r["material_id"] for r in first["per_composition"]],
+        "unreadable_targets": first["unreadable_targets"],
         "generators": {
             name: {k: v for k, v in r.items() if k != "per_composition"}
             for name, r in results.items()
@@ -263,12 +254,16 @@ def combined_results(
 
 
 def write_combined(
-    results: dict[str, dict[str, Any]], out: Path, relax_model: str | None = None
+    results: dict[str, dict[str, Any]],
+    out: Path,
+    relax_model: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Path, Path, str]:
     """Write ``results.json`` and ``results.md`` for all generators; return them and the table."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(combined_results(results, relax_model), indent=2) + "\n")
+    combined = combined_results(results, relax_model, settings)
+    json_path.write_text(json.dumps(combined, indent=2) + "\n")
     table = summary_markdown(results, relax_model)
     md_path = out / "results.md"
     md_path.write_text(table)
@@ -290,34 +285,60 @@ def csp(
                                                "report, comma-separated."),
     checkpoint: Path | None = typer.Option(None, help="Checkpoint of the diffusion generator."),
     reference_csv: str | None = typer.Option(
-        None, help="Prototype table of prototype_substitution (default: MP-20 train_partial)."),
+        None, help="Templates of prototype_substitution (default: train_partial.csv.gz beside "
+                   "--data); templates whose material_id is a row of --data are refused."),
     max_atoms: int | None = typer.Option(
-        None, min=1, help="Largest cell a generator may return (default: 20; diffusion: the "
-                          "checkpoint's largest training cell)."),
+        None, min=1, help="Largest cell a generator may return (default: the largest cell of "
+                          "--data; diffusion: the checkpoint's largest training cell)."),
     n_steps: int | None = typer.Option(None, min=1, help="Reverse steps of the diffusion "
                                                          "sampler (default: all)."),
     device: str = typer.Option("cpu", help="Torch device of the diffusion generator and relaxer."),
-    relax: str | None = typer.Option(None, help="Relax candidates first with this ML model: "
-                                                "chgnet, emt or a MACE .model file."),
+    relax: str | None = typer.Option(None, help="Relax each composition's candidates in one "
+                                                "batch with this ML model (chgnet, emt or a "
+                                                "MACE .model file) and report ranked@1."),
     relax_fmax: float = typer.Option(0.05, min=0.0, help="Relaxation force threshold (eV/Å)."),
     relax_steps: int = typer.Option(300, min=1, help="Relaxation step limit."),
     seed: int = typer.Option(0, help="Seeds the composition sample and every generator call."),
     out: Path = typer.Option(Path("csp-benchmark"), "--out", help="Folder for the results."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Match rate and RMSE of generators on the same compositions of a structure table."""
+    """Match rate, RMSE and (with --relax) ranked@1 of generators on the same compositions."""
     from xtalloop.benchmark import run_csp_benchmark, write_results
+    from xtalloop.benchmark.references import (
+        default_reference_csv,
+        largest_cell,
+        prepare_templates,
+    )
+    from xtalloop.benchmark.relax import make_relax
     from xtalloop.generators.prototype_substitution import read_structure_csv
 
     ks = parse_ks(k)
-    n_rows = min(n, len(read_structure_csv(data)))  # a missing or bad table fails here
-    generators = build_generators(generator, max_atoms, checkpoint, reference_csv, n_steps,
-                                  device)
-    if reference_csv and Path(reference_csv).resolve() == data.resolve() and any(
-        g.name == GeneratorKind.prototype_substitution.value for g in generators
-    ):
-        typer.echo("warning: the reference table is the benchmark table; prototype_substitution "
-                   "can copy the answers", err=True)
+    table = read_structure_csv(data)  # a missing or bad table fails here
+    n_rows = min(n, len(table))
+    data_max_atoms = largest_cell(table, data)  # no readable row fails here
+    if max_atoms is not None and max_atoms < data_max_atoms:
+        typer.echo(f"warning: --max-atoms {max_atoms} is below the largest cell of {data.name} "
+                   f"({data_max_atoms} atoms); larger targets cannot be matched", err=True)
+    settings: dict[str, Any] = {"max_atoms": max_atoms or data_max_atoms}
+    templates = None
+    if TEMPLATE_KINDS.intersection(generator):
+        reference = reference_csv or default_reference_csv(data)
+        templates = prepare_templates(reference, data, table, out)
+        typer.echo(f"templates: {templates.n_used} of {templates.n_rows} rows of "
+                   f"{templates.source}, cells up to {settings['max_atoms']} atoms")
+        if templates.n_refused:
+            typer.echo(f"warning: refused {templates.n_refused} templates whose material_id is "
+                       f"a row of {data.name}", err=True)
+        if templates.n_unreadable:
+            typer.echo(f"warning: skipped {templates.n_unreadable} template rows with an "
+                       "unreadable CIF or formula", err=True)
+        settings["templates"] = {"reference_csv": str(templates.source),
+                                 "used_csv": str(templates.path), "n_rows": templates.n_rows,
+                                 "n_refused": templates.n_refused,
+                                 "n_unreadable": templates.n_unreadable}
+    generators = build_generators(generator, max_atoms, checkpoint,
+                                  str(templates.path) if templates else None, n_steps, device,
+                                  default_max_atoms=data_max_atoms)
     relax_fn = make_relax(relax, device, relax_fmax, relax_steps) if relax else None
     results: dict[str, dict[str, Any]] = {}
     for gen in generators:
@@ -325,9 +346,12 @@ def csp(
                    f"k = {', '.join(map(str, ks))}")
         result = run_csp_benchmark(data, gen, n, ks=ks, seed=seed, relax=relax_fn,
                                    progress=progress)
+        if result["unreadable_targets"] and not results:
+            typer.echo(f"warning: skipped {len(result['unreadable_targets'])} of {n_rows} sampled "
+                       f"rows of {data.name} with an unreadable CIF", err=True)
         write_results(result, out / gen.name)
         results[gen.name] = result
-    json_path, md_path, table = write_combined(results, out, relax)
-    typer.echo(table)
+    json_path, md_path, table_md = write_combined(results, out, relax, settings)
+    typer.echo(table_md)
     typer.echo(f"results: {json_path}, {md_path}; per generator: "
                + ", ".join(f"{out / name}/" for name in results))

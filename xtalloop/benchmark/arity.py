@@ -259,10 +259,10 @@ def evaluate_model(
         energies: list[list[float]] = []
         relax = None
         if rerank is not None:
-            def relax(structures: list[Structure], _store: list = energies) -> list[Structure]:
+            def relax(structures: list[Structure], _store: list = energies):
                 # not a relaxation: records energies, returns the candidates unchanged
                 _store.append(list(rerank(structures)))
-                return structures
+                return structures, _store[-1]
 
         n_rows = len(pd.read_csv(csv))
         result = run_csp_benchmark(csv, generator, n_rows, ks=ks, seed=seed, relax=relax,

@@ -6,7 +6,10 @@ the ground truth), the candidates are optionally relaxed, and each is
 compared with the ground truth by ``StructureMatcher(stol=0.5, ltol=0.3,
 angle_tol=10)``. A row counts as matched at ``k`` if any of its first ``k``
 candidates matches; the RMSE at ``k`` is the mean, over matched rows, of the
-smallest normalised RMS distance among those first ``k`` candidates.
+smallest normalised RMS distance among those first ``k`` candidates. With a
+relaxation, each candidate's final energy per atom is kept and ``ranked@1``
+(``ranked_match_rate["1"]``) counts the rows whose lowest-energy candidate
+(of all ``max(ks)``) matches: the pick a user gets before any DFT.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pymatgen.core import Structure
 
+from xtalloop.benchmark.relax import Relax
 from xtalloop.errors import DataError, XtalloopError
 from xtalloop.generators.base import Generator, derived_seeds
 from xtalloop.generators.prototype_substitution import read_structure_csv
@@ -32,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 ARITY_LABELS: tuple[str, ...] = ("1", "2", "3", "4", "5+")
 MATCHER_SETTINGS: dict[str, float] = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10}
-
-Relax = Callable[[list[Structure]], list[Structure]]
 
 
 def arity_label(n_elements: int) -> str:
@@ -67,23 +69,29 @@ def run_csp_benchmark(
     seed
         Seeds the row sample and, through derived seeds, every generator call.
     relax
-        Optional callable taking and returning a list of structures (same
-        length), applied to each row's candidates before matching.
+        Optional :data:`~xtalloop.benchmark.relax.Relax`, called once per row
+        with all its candidates; it returns the relaxed structures (same order,
+        same length), which are matched instead, and each one's energy per atom
+        (None or NaN where it failed), which ranks them for ``ranked@1``.
     progress
         Show a tqdm progress bar over compositions.
 
     Returns
     -------
     dict
-        JSON-serialisable results: ``match_rate`` and ``rmse`` keyed by ``str(k)``,
+        JSON-serialisable results: ``match_rate`` and ``rmse`` keyed by ``str(k)``
+        and ``ranked_match_rate`` keyed by ``"1"`` (None without ``relax``),
         the same under ``per_arity[label]`` for labels ``"1"``..``"4"``, ``"5+"``
         (``None`` where undefined), timings, ``n_zero_candidates``,
-        ``n_failed`` and one record per composition under ``per_composition``.
+        ``n_failed``, the sampled rows skipped for an unreadable CIF
+        (``unreadable_targets``) and one record per composition under
+        ``per_composition`` (with ``energy_per_atom`` per candidate when relaxed).
 
     Raises
     ------
     DataError
-        If the table is missing, unreadable or has an unreadable CIF.
+        If the table is missing or unreadable, or no sampled row has a readable
+        CIF (rows with one are skipped and counted).
     ValueError
         If ``n_compositions`` or ``ks`` are not positive.
     """
@@ -105,18 +113,15 @@ def run_csp_benchmark(
     chosen = sorted(int(i) for i in rng.choice(len(table), size=n_rows, replace=False))
     row_seeds = derived_seeds(seed, n_rows)
     matcher = StructureMatcher(**MATCHER_SETTINGS)
+    targets, unreadable = _ground_truths(table, chosen, row_seeds, data_csv)
 
     records: list[dict[str, Any]] = []
     generate_time = relax_time = match_time = 0.0
     n_generated = 0
     started = time.perf_counter()
-    for row, row_seed in tqdm(
-        list(zip(chosen, row_seeds, strict=True)),
-        desc="CSP benchmark",
-        unit="comp",
-        disable=not progress,
+    for row, row_seed, truth in tqdm(
+        targets, desc="CSP benchmark", unit="comp", disable=not progress
     ):
-        truth = _ground_truth(table, row, data_csv)
         composition = truth.composition.element_composition.reduced_composition
         record: dict[str, Any] = {
             "material_id": _material_id(table, row),
@@ -124,6 +129,8 @@ def run_csp_benchmark(
             "arity": arity_label(len(composition)),
             "n_candidates": 0,
             "rms": [],
+            "energy_per_atom": None,
+            "ranked_match": None,
             "error": None,
         }
         t0 = time.perf_counter()
@@ -141,22 +148,25 @@ def run_csp_benchmark(
         record["n_candidates"] = len(structures)
         if structures and relax is not None:
             t0 = time.perf_counter()
-            relaxed = relax(list(structures))
-            if len(relaxed) != len(structures):
-                raise ValueError(
-                    f"relax returned {len(relaxed)} structures for {len(structures)} candidates"
-                )
+            relaxed, energies = relax(list(structures))
+            if len(relaxed) != len(structures) or len(energies) != len(structures):
+                raise ValueError(f"relax returned {len(relaxed)} structures and "
+                                 f"{len(energies)} energies for {len(structures)} candidates")
             structures = list(relaxed)
+            record["energy_per_atom"] = [_finite(e) for e in energies]
             relax_time += time.perf_counter() - t0
         t0 = time.perf_counter()
         record["rms"] = [_rms(matcher, s, truth) for s in structures]
+        if relax is not None:
+            record["ranked_match"] = ranked_hit(record)
         match_time += time.perf_counter() - t0
         records.append(record)
     wall_time = time.perf_counter() - started
 
-    overall = _summarise(records, ks)
+    ranked = relax is not None
+    overall = _summarise(records, ks, ranked)
     per_arity = {
-        label: _summarise([r for r in records if r["arity"] == label], ks)
+        label: _summarise([r for r in records if r["arity"] == label], ks, ranked)
         for label in ARITY_LABELS
     }
     return {
@@ -170,10 +180,12 @@ def run_csp_benchmark(
         "matcher": dict(MATCHER_SETTINGS),
         "match_rate": overall["match_rate"],
         "rmse": overall["rmse"],
+        "ranked_match_rate": overall["ranked_match_rate"],
         "per_arity": per_arity,
         "n_generated": n_generated,
         "n_zero_candidates": sum(1 for r in records if r["n_candidates"] == 0),
         "n_failed": sum(1 for r in records if r["error"] is not None),
+        "unreadable_targets": unreadable,
         "time_per_structure_s": generate_time / n_generated if n_generated else None,
         "generate_time_s": generate_time,
         "relax_time_s": relax_time,
@@ -184,7 +196,8 @@ def run_csp_benchmark(
 
 
 def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``match_rate.png`` (match rate per arity, one bar per k).
+    """Write ``results.json`` and ``match_rate.png`` (match rate per arity, one bar per k,
+    and one for ranked@1 when the candidates were relaxed).
 
     Returns
     -------
@@ -206,15 +219,19 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     counts = {"all": result["n_compositions"]} | {
         label: result["per_arity"][label]["n"] for label in ARITY_LABELS
     }
-    ks = [str(k) for k in result["ks"]]
+    series = {f"k = {k}": {g: rates[g][str(k)] for g in groups} for k in result["ks"]}
+    if result["ranked_match_rate"]["1"] is not None:
+        series["ranked@1"] = {"all": result["ranked_match_rate"]["1"]} | {
+            label: result["per_arity"][label]["ranked_match_rate"]["1"] for label in ARITY_LABELS
+        }
     figure = Figure(figsize=(7, 4))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     x = np.arange(len(groups))
-    width = 0.8 / len(ks)
-    for i, k in enumerate(ks):
-        heights = [rates[g][k] if rates[g][k] is not None else 0.0 for g in groups]
-        ax.bar(x + (i - (len(ks) - 1) / 2) * width, heights, width, label=f"k = {k}")
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        heights = [values[g] if values[g] is not None else 0.0 for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label)
     ax.set_xticks(x, [f"{g}\n(n={counts[g]})" for g in groups])
     ax.set_xlabel("distinct elements")
     ax.set_ylabel("match rate")
@@ -225,6 +242,45 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     png_path = out / "match_rate.png"
     figure.savefig(png_path, dpi=120)
     return json_path, png_path
+
+
+def _ground_truths(
+    table, rows: list[int], seeds: list[int], source
+) -> tuple[list[tuple[int, int, Structure]], list[str]]:
+    """The readable sampled rows (row, seed, structure) and the ids of the unreadable ones.
+
+    Raises
+    ------
+    DataError
+        If no sampled row is readable.
+    """
+    targets: list[tuple[int, int, Structure]] = []
+    unreadable: list[str] = []
+    for row, row_seed in zip(rows, seeds, strict=True):
+        try:
+            targets.append((row, row_seed, _ground_truth(table, row, source)))
+        except DataError as exc:
+            logger.debug("%s", exc)
+            unreadable.append(_material_id(table, row))
+    if not targets:
+        raise DataError(f"no usable target in {source}: none of the {len(rows)} sampled rows "
+                        "has a readable CIF")
+    if unreadable:
+        logger.warning("%s: skipped %d of %d sampled rows with an unreadable CIF",
+                       source, len(unreadable), len(rows))
+    return targets, unreadable
+
+
+def _finite(value: float | None) -> float | None:
+    """A float for JSON, None for a missing or non-finite value."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def ranked_hit(record: dict[str, Any]) -> bool:
+    """Whether the row's lowest-energy candidate matches (ties: the earlier candidate)."""
+    energies = record.get("energy_per_atom") or []
+    finite = [(e, i) for i, e in enumerate(energies) if e is not None]
+    return bool(finite) and record["rms"][min(finite)[1]] is not None
 
 
 def _ground_truth(table, row: int, source) -> Structure:
@@ -277,8 +333,11 @@ def _rms(matcher, candidate: Structure, truth: Structure) -> float | None:
     return None if found is None else float(found[0])
 
 
-def _summarise(records: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
-    """Match rate and mean best RMS at each k over ``records`` (None where undefined)."""
+def _summarise(records: list[dict[str, Any]], ks: list[int], ranked: bool) -> dict[str, Any]:
+    """Match rate and mean best RMS at each k, and ranked@1, over ``records``.
+
+    None where undefined (no records; ranked@1 without energies).
+    """
     match_rate: dict[str, float | None] = {}
     rmse: dict[str, float | None] = {}
     for k in ks:
@@ -289,7 +348,9 @@ def _summarise(records: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
         matched = [b for b in best if b is not None]
         match_rate[str(k)] = len(matched) / len(records) if records else None
         rmse[str(k)] = float(np.mean(matched)) if matched else None
-    return {"n": len(records), "match_rate": match_rate, "rmse": rmse}
+    rate = sum(map(ranked_hit, records)) / len(records) if ranked and records else None
+    return {"n": len(records), "match_rate": match_rate, "rmse": rmse,
+            "ranked_match_rate": {"1": rate}}
 
 
 def _settings(generator: Generator) -> dict[str, Any]:

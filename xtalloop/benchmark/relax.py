@@ -1,0 +1,71 @@
+"""Relaxation of a composition's candidates for the CSP benchmark, energies kept.
+
+The energy per atom of each relaxed candidate is what ranks them: the
+benchmark's ``ranked@1`` asks whether the lowest-energy candidate matches the
+ground truth, the structure a user of the loop would pick before any DFT.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from pymatgen.core import Structure
+
+from xtalloop.errors import XtalloopError
+
+#: ``relax(structures) -> (relaxed structures, energies per atom)``; see
+#: :func:`xtalloop.benchmark.csp.run_csp_benchmark`.
+Relax = Callable[[list[Structure]], tuple[list[Structure], list[float | None]]]
+
+#: Relaxation outcomes whose energy does not rank the candidate.
+UNRANKED_FAILURES = frozenset({"non-finite energy", "cell exploded"})
+
+
+def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
+    """A :data:`Relax` that relaxes all candidates of a composition in one batch.
+
+    Parameters
+    ----------
+    spec
+        ``chgnet``, ``emt`` or a MACE model file (see
+        :func:`~xtalloop.models.load_energy_model`).
+    device
+        Torch device of the model.
+    fmax, steps
+        Force threshold (eV/Å) and step limit of the batched FIRE relaxation
+        (:class:`~xtalloop.rankers.batch_relax.BatchRelaxer`: one model call per
+        step for every candidate not yet converged).
+
+    Returns
+    -------
+    Relax
+        Returns the relaxed structures in input order and each one's final
+        energy per atom (eV/atom); the energy is None where the relaxation
+        failed (a non-finite energy, a cell that blew up). A candidate that hit
+        the step limit keeps its last energy.
+    """
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from xtalloop.cli_generator import one_line
+    from xtalloop.models import load_energy_model
+    from xtalloop.rankers.batch_relax import BatchRelaxer
+
+    relaxer = BatchRelaxer(load_energy_model(spec, device), fmax=fmax, steps=steps,
+                           progress=False)
+
+    def relax(structures: list[Structure]) -> tuple[list[Structure], list[float | None]]:
+        try:
+            results = relaxer.relax([AseAtomsAdaptor.get_atoms(s) for s in structures])
+        except Exception as exc:  # e.g. a model without parameters for an element
+            formula = structures[0].composition.reduced_formula
+            raise XtalloopError(f"relaxation with {spec!r} failed on {formula}: "
+                                f"{one_line(exc)}") from None
+        energies = [
+            r.energy / len(r.atoms)
+            if r.failure not in UNRANKED_FAILURES and math.isfinite(r.energy) else None
+            for r in results
+        ]
+        return [AseAtomsAdaptor.get_structure(r.atoms) for r in results], energies
+
+    return relax
