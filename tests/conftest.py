@@ -33,6 +33,15 @@ def diamond(el: str, a: float) -> Structure:
     return Structure(fcc(a), [el, el], [[0, 0, 0], [0.25, 0.25, 0.25]])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_trust_list(tmp_path_factory) -> Iterator[Path]:
+    """Models trained by tests go on a temporary trust list, never on the user's own."""
+    path = tmp_path_factory.mktemp("trust") / "trusted.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XTALLOOP_TRUST", str(path))
+        yield path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one torch thread avoids oversubscribing a shared CPU (much faster)."""
@@ -153,6 +162,39 @@ def mongo_config(mongodb_server, mongo_password, request) -> StoreConfig:
     return StoreConfig(backend="mongodb", uri=f"mongodb://{USER}@127.0.0.1:{mongodb_server.port}",
                        database=f"t_{request.node.name[:40]}".replace("[", "_").replace("]", ""),
                        auth_source="admin", password_env=PASSWORD_ENV)
+
+
+# -- a SLURM cluster ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM cluster on free ports, stopped (its jobs and daemons killed) after.
+
+    Yields a :class:`slurm_cluster.SlurmCluster`: ``.env`` (os.environ plus
+    SLURM_CONF and PATH) for every subprocess that talks to it, ``.partition``,
+    ``.conf``, ``.dir`` (daemon logs), ``.run(cmd)``, ``.jobs()`` and
+    ``.wait_until(...)``; see tests/slurm_cluster.py. Skipped where SLURM is
+    not installed or not root (slurmd runs jobs as their user).
+    """
+    from slurm_cluster import SlurmCluster, slurm_missing
+
+    why = slurm_missing() or (None if os.geteuid() == 0 else
+                              "a local SLURM cluster runs its daemons as root")
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            cluster.stop()
+        finally:  # whatever stop left (a failed stop, a hung job step) goes too
+            for pid in cluster.daemon_pids():
+                os.kill(pid, 9)
 
 
 # --- a two-round loop submitted to a workflow manager (FireWorks, jobflow-remote) ---------

@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from xtalloop.config import RunConfig, load_config
+from xtalloop.config import RunConfig, StoreConfig, load_config
 from xtalloop.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -83,3 +84,62 @@ def test_defaults_fill_everything_but_the_compositions(tmp_path):
     assert config.prefilter.model == "chgnet"
     assert config.dft.code == "gpaw"
     assert config.store.backend == "embedded"
+
+
+def test_yaml_booleans_and_accepted_devices_and_a_good_reference_table(tmp_path):
+    """What the bad-input checks must still accept (tests/test_bad_inputs.py has the refusals)."""
+    (tmp_path / "ref.csv").write_text("material_id,cif\nmp-1,data_x\n")
+    config = load_config(write(tmp_path, (
+        "compositions: [NaCl2]\n"
+        "charge_balance: off\n"  # YAML reads an unquoted off as false
+        "prefilter: {device: 'cuda:1'}\n"
+        "learn: {energy_model: {device: mps}, generator: {device: auto}}\n"
+        f"generate: {{sources: [{{n: 10000, formula_units: [2]}}, "
+        f"{{kind: prototype_substitution, reference_csv: {tmp_path / 'ref.csv'}}}]}}\n")))
+    assert config.charge_balance == "off"
+    assert config.prefilter.device == "cuda:1"
+    assert config.generate.sources[0].n == 10000
+    assert load_config(write(tmp_path, "compositions: [NaCl]\ncharge_balance: yes\n")
+                       ).charge_balance == "strict"
+    merged = load_config(write(tmp_path, "compositions: [NaCl]\nprefilter:\n"
+                               "  <<: {top_k: 2, steps: 5}\n  top_k: 3\n"))  # a merge key overrides
+    assert (merged.prefilter.top_k, merged.prefilter.steps) == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("uri", "hosts", "redacted", "refused"),
+    [
+        ("mongodb://db1:27017,db2/xtalloop?authSource=admin", "db1:27017,db2",
+         "mongodb://db1:27017,db2/xtalloop?authSource=admin", None),
+        ("mongodb://xtal@db1/xtalloop", "db1", "mongodb://xtal@db1/xtalloop", None),
+        ("mongodb+srv://xtal%40lab@cluster0.example.net", "cluster0.example.net",
+         "mongodb+srv://xtal%40lab@cluster0.example.net", None),
+        ("mongodb://[::1]:27017/x", "[::1]:27017", "mongodb://[::1]:27017/x", None),
+        ("mongodb://xtal:S3cret@db1/x", "db1", "mongodb://xtal:***@db1/x", "holds a password"),
+        ("mongodb://xtal:S3cr?t@db1/x", "db1", "mongodb://xtal:***@db1/x", "holds a password"),
+        ("mongodb://xtal:S3cr/t@db1:27017/x", "db1:27017", "mongodb://xtal:***@db1:27017/x",
+         "holds a password"),
+        ("mongodb://xtal:S3@cr@db1", "db1", "mongodb://xtal:***@db1", "holds a password"),
+        ("mongodb://xt/S3cr@db1", "db1", "mongodb://***@db1", "percent-encode"),
+        ("mongodb://xtal:S3cret/x", "xtal:***", "mongodb://xtal:***/x", "numeric port"),
+        ("mongodb://db1/x?appName=me@laptop", "laptop", "mongodb://***@laptop",
+         "percent-encode"),
+        ("mongodb://xtal@db1/x?tlsCertificateKeyFilePassword=S3cr", "db1",
+         "mongodb://xtal@db1/x?tlsCertificateKeyFilePassword=***", "holds a password"),
+    ],
+)
+def test_uri_parts_and_password_check(uri, hosts, redacted, refused):
+    """The user part ends at the last '@', so no piece of a password passes for a host."""
+    from xtalloop.uri import password_problem, redact_uri, uri_hosts
+
+    assert uri_hosts(uri) == hosts
+    assert redact_uri(uri) == redacted
+    problem = password_problem(uri)
+    assert (problem is None) if refused is None else (refused in problem)
+    assert "S3c" not in (problem or "")
+    if refused is not None:
+        with pytest.raises(ValidationError) as info:
+            StoreConfig(backend="mongodb", uri=uri)
+        assert "S3c" not in str(info.value)
+        dumped = StoreConfig.model_construct(backend="mongodb", uri=uri).redacted_dump()
+        assert "S3c" not in dumped["uri"] and "S3c" not in uri_hosts(dumped["uri"])

@@ -204,6 +204,32 @@ def test_checkpoint_records_provenance(trained, dataset):
     assert trained.with_suffix(".loss.png").stat().st_size > 0
 
 
+def test_damaged_or_mismatched_checkpoints_are_one_line_errors(tmp_path, trained):
+    from xtalloop.generators.diffusion.checkpoint import (
+        CheckpointError,
+        check_checkpoint,
+        load_model,
+        save_checkpoint,
+    )
+
+    ckpt = torch.load(trained, weights_only=True)  # plain data: readable without unpickling
+    assert check_checkpoint(trained) == trained and load_model(trained).max_atoms > 0
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[:5000])
+    wider = tmp_path / "wider.pt"  # weights of another model than the config says
+    config = dict(ckpt["config"], model=dict(ckpt["config"]["model"], hidden_dim=64))
+    save_checkpoint(wider, {**ckpt, "config": config, "counts": np.int64(3)})
+    bad_config = tmp_path / "bad_config.pt"
+    save_checkpoint(bad_config, {**ckpt, "config": {"model": {"hidden_dim": "wide"}}})
+    for path, message in [(truncated, "damaged"), (wider, "do not match the model"),
+                          (bad_config, r"config is invalid \(model.hidden_dim"),
+                          (tmp_path / "none.pt", "checkpoint not found")]:
+        for load in (check_checkpoint, load_model):
+            with pytest.raises(CheckpointError, match=message) as err:
+                load(path)
+            assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
 def test_resume_continues_from_saved_epoch(tmp_path, dataset):
     straight = train(_tiny_config(epochs=4), dataset, tmp_path / "straight.pt", progress=False)
     first = train(_tiny_config(epochs=2), dataset, tmp_path / "part.pt", progress=False)

@@ -110,3 +110,44 @@ def test_db_stats_without_a_store_is_one_line(tmp_path):
                           str(tmp_path / "nothing")], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: no xtalloop store at")
+
+
+def test_export_never_overwrites_without_force_and_chemsys_reads_any_spelling(
+        filled_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from xtalloop.cli import app
+
+    store = ["--store", str(filled_store.store.resolved_path)]
+
+    def cli(*args):
+        return CliRunner().invoke(app, [*args, *store])
+
+    for spelling in ("CuAu", "Au-Cu", "Cu Au", "cu-au"):
+        out = cli("query", "--chemsys", spelling, "--format", "json")
+        assert out.exit_code == 0, (spelling, out.stderr)
+        assert {d["chemsys"] for d in json.loads(out.stdout)} == {"Au-Cu"}
+
+    target = tmp_path / "new" / "folder" / "all.json"  # missing folders are made
+    assert cli("export", str(target), "--format", "json").exit_code == 0
+    first = target.read_text()
+    again = cli("export", str(target), "--format", "json", "--formula", "Cu")
+    assert again.exit_code == 2 and "exists; pass --force" in again.stderr
+    assert target.read_text() == first
+    forced = cli("export", str(target), "--format", "json", "--formula", "Cu", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert {d["formula"] for d in json.loads(target.read_text())} == {"Cu"}
+    assert [p.name for p in target.parent.iterdir()] == ["all.json"]  # no temporary file left
+
+    cifs = tmp_path / "cifs"
+    assert cli("export", str(cifs)).exit_code == 0
+    names = sorted(p.name for p in cifs.iterdir())
+    again = cli("export", str(cifs))
+    assert again.exit_code == 2 and "exist; pass --force to overwrite them" in again.stderr
+    assert cli("export", str(cifs), "--force").exit_code == 0
+    assert sorted(p.name for p in cifs.iterdir()) == names
+
+    for _ in range(2):  # query -o writes (or rewrites) the same CIFs
+        out = cli("query", "--format", "cif", "-o", str(tmp_path / "q"))
+        assert out.exit_code == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == names

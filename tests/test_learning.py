@@ -54,17 +54,23 @@ def trained_ensemble(tmp_path_factory, one_torch_thread):
 
 def test_tiny_mace_trains_and_fine_tunes_on_emt_data(trained_ensemble, tmp_path):
     frames, folder = trained_ensemble
-    assert sorted(p.name for p in folder.glob("*.model")) == [
-        "member_0.model", "member_1.model", "member_2.model"]
+    # the ensemble is kept in the native format only: loading it unpickles nothing
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"member_{i}.mace.{ext}" for i in range(3) for ext in ("json", "pt")]
     test = emt_frames(seed=1, n=8)
     per_atom = np.array([a.calc.results["energy"] / len(a) for a in test])
     trivial = 1000 * np.mean(np.abs(per_atom - per_atom.mean()))  # one energy for all
-    trained = evaluate(load_energy_model(str(folder / "member_0.model")), test)
+    native = load_energy_model(str(folder / "member_0.mace.json"))
+    trained = evaluate(native, test)
     assert trained["energy_mae"] < trivial
+    # the same predictions as the .model mace wrote (trusted: trained on this machine)
+    pickled = load_energy_model(str(folder.parent / "member_0" / "member_0.model"))
+    assert [p.energy for p in pickled.predict(test)] == [p.energy for p in native.predict(test)]
 
     more = emt_frames(seed=2, n=8)
     tuned = TINY.train(frames + more, tmp_path / "ft", seed=5,
-                       parent=folder / "member_0.model", name="tuned")
+                       parent=folder / "member_0.mace.json", name="tuned")
+    assert tuned.name == "tuned.mace.json"
     log = "".join(p.read_text() for p in (tmp_path / "ft" / "logs").glob("*.log"))
     assert "foundation model" in log.lower()
     assert evaluate(load_energy_model(str(tuned)), test)["n_frames"] == 8
@@ -89,11 +95,21 @@ def test_training_error_is_one_line(tmp_path):
         TINY.train(emt_frames(seed=0, n=1), tmp_path)
 
 
+def fake_native_model(folder: Path, members: dict[str, bytes]) -> Path:
+    """Native model files with the given weights bytes (the registry only moves bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, weights in members.items():
+        (folder / f"{name}.mace.json").write_text(json.dumps({"member": name}))
+        (folder / f"{name}.mace.pt").write_bytes(weights)
+    return folder
+
+
 def test_registry_stores_fetches_and_promotes(store_config, tmp_path):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "member_0.model").write_bytes(b"weights-0" * 1000)
-    (folder / "member_1.model").write_bytes(b"weights-1")
+    from xtalloop.models.trust import UntrustedModelError, add_files
+
+    folder = fake_native_model(tmp_path / "model", {"member_0": b"weights-0" * 1000,
+                                                    "member_1": b"weights-1"})
+    (folder / "member_9.model").write_bytes(b"a pickle is never stored")
     with open_results(store_config) as db:
         registry = ModelRegistry(db)
         first = registry.register(folder, parent="chgnet", metrics={"n_frames": 3},
@@ -102,14 +118,24 @@ def test_registry_stores_fetches_and_promotes(store_config, tmp_path):
                                    promoted=False, settings_key="k")
         assert (first, second) == ("mace-1", "mace-2")
         assert registry.promoted()["model_id"] == "mace-1"
+        assert [f["name"] for f in registry.get(first)["files"]] == [
+            "member_0.mace.json", "member_0.mace.pt", "member_1.mace.json", "member_1.mace.pt"]
+        # from a store, a model is used only once this machine trusts its files
+        with pytest.raises(UntrustedModelError, match="xtalloop model trust mace-2") as err:
+            registry.fetch(second, into=tmp_path / "cache")
+        assert "\n" not in str(err.value) and not (tmp_path / "cache").exists()
+        add_files(folder.glob("*.mace.*"))
         fetched = registry.fetch(second, into=tmp_path / "cache")
-        assert (fetched / "member_0.model").read_bytes() == b"weights-0" * 1000
+        assert (fetched / "member_0.mace.pt").read_bytes() == b"weights-0" * 1000
+        assert sorted(p.name for p in fetched.iterdir()) == [
+            "member_0.mace.json", "member_0.mace.pt", "member_1.mace.json", "member_1.mace.pt"]
         registry.promote(second)
         assert registry.promoted()["model_id"] == "mace-2"
         registry.promote(first)
         assert registry.promoted()["model_id"] == "mace-1"
         # a damaged chunk is detected, never loaded
-        chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1", "file": "member_1.model"})
+        chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1",
+                                                 "file": "member_1.mace.pt"})
         chunk["data"] = base64.b64encode(b"tampered").decode()
         db.store(MODEL_FILES).update([chunk], key="key")
         with pytest.raises(XtalloopError, match="damaged"):
@@ -123,15 +149,17 @@ def test_registry_model_is_used_only_for_elements_it_was_trained_on(store_config
     from xtalloop.learn.registry import resolve_model
 
     monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "member_0.model").write_bytes(b"weights")
+    folder = fake_native_model(tmp_path / "model", {"member_0": b"weights"})
     with open_results(store_config) as db:
         ModelRegistry(db).register(folder, parent="chgnet", metrics={}, parent_metrics={},
                                    promoted=True, settings_key="k", elements=["Cu", "Au"])
     store = store_config.model_dump()
+    # reviewed and trusted as a user would (a model trained elsewhere)
+    trusted = CliRunner().invoke(app, ["model", "trust", "mace-1", "--store", store_config.path])
+    assert trusted.exit_code == 0, trusted.output
+    assert "trusted registry model mace-1 (2 files)" in trusted.output
     spec, model_id = resolve_model("registry", "chgnet", store, ["Au", "Cu"])
-    assert model_id == "mace-1" and (Path(spec) / "member_0.model").is_file()
+    assert model_id == "mace-1" and (Path(spec) / "member_0.mace.pt").read_bytes() == b"weights"
     # a composition with an element the model never saw is prefiltered by the base model
     assert resolve_model("registry", "chgnet", store, ["Au", "Ag"]) == ("chgnet", None)
 
@@ -208,7 +236,7 @@ def test_a_round_trains_the_energy_model_and_the_next_round_uses_it(
     with open_results(config.store) as db:
         record = ModelRegistry(db).get("mace-1")
         run = db.get_run(first.run_id)
-    assert record["settings_key"] == "emt-test" and len(record["files"]) == 2
+    assert record["settings_key"] == "emt-test" and len(record["files"]) == 4  # 2 members
     assert set(record["training_structures"]).isdisjoint(record["holdout_structures"])
     assert any(g.startswith("reference:") for g in record["training_structures"])
     assert run["energy_model"]["model_id"] == "mace-1"

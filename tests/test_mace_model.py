@@ -75,8 +75,16 @@ def perturbed(model, seed: int):
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> dict[str, Path]:
-    """One model file, and a directory holding a three-member ensemble."""
+    """One model file, and a directory holding a three-member ensemble.
+
+    The pickled ``.model`` files (mace's format, the reference calculator's
+    input) are written here, so they go on the tests' trust list; ``native``
+    is the same single model in xtalloop's own format.
+    """
     import torch
+
+    from xtalloop.models.mace_format import save_native
+    from xtalloop.models.trust import add_files
 
     root = tmp_path_factory.mktemp("mace")
     single = root / "tiny.model"
@@ -84,9 +92,15 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     torch.save(model, single)
     ensemble = root / "ensemble"
     ensemble.mkdir()
+    native_ensemble = root / "native_ensemble"
     for seed in (1, 2, 3):
-        torch.save(perturbed(model, seed), ensemble / f"member{seed}.model")
-    return {"single": single, "ensemble": ensemble}
+        member = perturbed(model, seed)
+        torch.save(member, ensemble / f"member{seed}.model")
+        save_native(member, native_ensemble / f"member{seed}.mace.json")
+    add_files([single, *ensemble.glob("*.model")], source="written by tests")
+    native = save_native(model, root / "tiny.mace.json")
+    return {"single": single, "ensemble": ensemble, "native": native,
+            "native_ensemble": native_ensemble}
 
 
 def mace_calculator(path: Path):
@@ -210,14 +224,38 @@ def test_unknown_element_names_element_and_model(model_files):
     assert "\n" not in str(err.value)
 
 
+def test_native_format_gives_the_pickled_models_predictions(model_files):
+    cells = structures()
+    pickled = MaceModel([model_files["single"]]).predict(cells)
+    native = load_energy_model(str(model_files["native"]))
+    assert isinstance(native, MaceModel) and native.paths == [model_files["native"]]
+    for p, n in zip(pickled, native.predict(cells), strict=True):
+        assert n.energy == p.energy
+        assert np.array_equal(n.forces, p.forces) and np.array_equal(n.stress, p.stress)
+    pickled_ensemble = load_energy_model(str(model_files["ensemble"])).predict(cells)
+    native_ensemble = load_energy_model(str(model_files["native_ensemble"]))
+    assert [m.name for m in native_ensemble.paths] == [
+        "member1.mace.json", "member2.mace.json", "member3.mace.json"]
+    for p, n in zip(pickled_ensemble, native_ensemble.predict(cells), strict=True):
+        assert n.energy == pytest.approx(p.energy, abs=1e-12)
+        assert n.energy_std == pytest.approx(p.energy_std, abs=1e-12)
+
+
 def test_missing_or_invalid_files_are_reported_in_one_line(tmp_path):
+    from xtalloop.models.trust import add_files
+
     not_a_model = tmp_path / "junk.model"
     not_a_model.write_text("not a model")
+    trusted_junk = tmp_path / "trusted.model"
+    trusted_junk.write_text("trusted, but not a model")
+    add_files([trusted_junk])
     empty = tmp_path / "empty"
     empty.mkdir()
     for spec, message in [
         (tmp_path / "missing.model", "not found"),
-        (not_a_model, "not a MACE model"),
+        (tmp_path / "missing.mace.json", "not found"),
+        (not_a_model, r"not on this machine's trust list.*xtalloop model trust .*junk\.model"),
+        (trusted_junk, "not a MACE model"),
         (empty, "no MACE"),
     ]:
         with pytest.raises(XtalloopError, match=message) as err:

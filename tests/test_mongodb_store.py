@@ -73,6 +73,7 @@ def test_results_db_insert_merge_and_query(mongo_config):
         assert outcome == "new"
         assert db.add_validated(validated_doc(nacl.copy(), -3.0, "r2")) == (uid, "duplicate")
         assert db.add_validated(validated_doc(nacl.copy(), -3.2, "r3")) == (uid, "improved")
+        assert db.add_validated(validated_doc(nacl.copy(), -3.2, "r2")) == (uid, "duplicate")
         db.add_validated(validated_doc(zincblende("Na", "Cl", 6.0), -1.0))
         docs = db.find_validated(formula="Na2Cl2")
         assert [d["energy_per_atom"] for d in docs] == [-3.2, -1.0]

@@ -120,11 +120,19 @@ def test_dropping_a_checkpoint_that_was_never_saved_breaks_nothing(store_config)
         assert db.get_checkpoint("job-2")["step"] == 3
 
 
-def test_an_empty_collection_file_left_by_montydb_is_repaired(store_config):
+def test_an_empty_collection_file_left_by_montydb_is_repaired_in_place(store_config):
     import sqlite3
 
     folder = store_config.resolved_path / "xtalloop"
     folder.mkdir(parents=True)
-    sqlite3.connect(folder / "checkpoints.collection").close()  # a file with no table
+    path = folder / "checkpoints.collection"
+    # what montydb leaves when deleting from a collection that does not exist: a valid
+    # SQLite file without a table
+    conn = sqlite3.connect(path)
+    conn.executescript("PRAGMA journal_mode=WAL;")
+    conn.close()
     with ResultsDB(store_config) as db:
         assert db.get_checkpoint("job-1") is None
+        db.save_checkpoint("job-1", {"x": 1}, 2)  # the same file, now with montydb's table
+        assert db.get_checkpoint("job-1")["step"] == 2
+    assert path.is_file()

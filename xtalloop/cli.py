@@ -71,13 +71,15 @@ def run(
     store: str | None = typer.Option(None, help="Embedded store folder (overrides the config)."),
     output_dir: str | None = typer.Option(None, help="Where run folders go (overrides the config)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
-    new: bool = typer.Option(False, "--new", help="With a loop section: start a new loop "
-                             "instead of resuming an unfinished one of the same name."),
+    new: bool = typer.Option(False, "--new", help="Start a new run (or loop) instead of "
+                             "completing an interrupted one of the same name."),
 ) -> None:
     """Predict the structures of the config's compositions: generate → ML prefilter → DFT → store.
 
     A config with a ``loop`` section runs an active-learning loop (rounds of the
     above, learning in between); an unfinished loop of the same name resumes.
+    A plain run interrupted (killed, or stopped by a store outage) resumes too:
+    only its compositions without a result run again.
     """
     from xtalloop.config import load_config
 
@@ -91,17 +93,23 @@ def run(
         cfg = cfg.model_copy(update=overrides)
 
     from xtalloop.dft.factory import check_dft_runs_here
+    from xtalloop.run_record import check_output_dir
 
+    check_output_dir(cfg.output_dir)  # before the store is opened or any folder made
     check_dft_runs_here(
         cfg.dft, sorted({el.symbol for c in cfg.parsed_compositions() for el in c.elements}))
     if cfg.loop is not None:
         _run_loop(cfg, progress, resume=not new)
         return
-    from xtalloop.runner import execute
+    from xtalloop.runner import execute, unfinished_run
 
     typer.echo(f"xtalloop: {len(cfg.compositions)} compositions "
                f"({', '.join(cfg.compositions)}), store {cfg.store.location}")
-    result = execute(cfg, progress=progress)
+    previous = None if new else unfinished_run(cfg)
+    if previous is not None:
+        why = previous.get("stopped_by") or f"no result for {', '.join(previous['missing'])}"
+        typer.echo(f"completing run {previous['id']} ({why}); --new starts another")
+    result = execute(cfg, progress=progress, resume=not new)
     rows = [
         dict(row, nsites=len(row["structure"]["sites"]))
         for row in result.validated
@@ -117,6 +125,9 @@ def run(
             typer.echo(f"failed: {comp['formula']}: {comp['error']}")
     for message in result.failed_jobs:
         typer.echo(f"job failed: {message}")
+    if result.missing:
+        typer.echo(f"no result for {', '.join(result.missing)}: run again to complete them "
+                   "(stored results are merged, never duplicated)")
     if result.energy_model:
         from xtalloop.cli_model import learning_line
 
@@ -190,18 +201,12 @@ def report(
     password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
 ) -> None:
     """Write the HTML/PNG report of a run or loop: rounds, funnel, hulls, models, best CIFs."""
-    from xtalloop.config import StoreConfig
     from xtalloop.errors import ConfigError
-    from xtalloop.report import write_report
+    from xtalloop.report import run_folder_store, write_report
 
     folder = Path(run_ref)
     if (folder / "config.json").is_file():
-        saved = json.loads((folder / "config.json").read_text())
-        try:
-            config = StoreConfig(**saved["store"])
-        except Exception as exc:
-            raise ConfigError(f"{folder / 'config.json'}: unreadable store settings: {exc}"
-                              ) from None
+        config = run_folder_store(folder)
         run_id = folder.resolve().name
         out = out or folder / "report"
     elif folder.exists() or "/" in run_ref:
@@ -235,9 +240,14 @@ def query(
                                        help="With --format cif: folder to write one CIF per structure."),
 ) -> None:
     """List validated structures, filtered by formula, chemical system and hull distance."""
+    from xtalloop.export import check_export_target
     from xtalloop.store.results import open_results
 
-    formula = checked_filters(formula, chemsys)
+    formula, chemsys = checked_filters(formula, chemsys, max_e_above_hull)
+    if output is not None:
+        if fmt is not OutputFormat.cif:
+            raise XtalloopError("--output: only with --format cif (json and table go to stdout)")
+        check_export_target("cif", output, force=True, what="--output")
     config = store_from_options(store, uri, database, password_env)
     with open_results(config) as db:
         docs = db.find_validated(formula=formula, chemsys=chemsys,
@@ -267,16 +277,14 @@ def query(
 
 
 def _write_cifs(docs: list[dict[str, Any]], output: Path | None) -> None:
-    from xtalloop.export import cif_text, file_stem
+    from xtalloop.export import cif_text, file_stem, write_cifs
 
+    if output is not None:
+        for path in write_cifs(docs, output, force=True, what="--output"):
+            typer.echo(str(path))
+        return
     for doc in docs:
-        name = f"{file_stem(doc)}.cif"
-        if output is None:
-            typer.echo(f"# {name}\n{cif_text(doc)}")
-        else:
-            output.mkdir(parents=True, exist_ok=True)
-            (output / name).write_text(cif_text(doc))
-            typer.echo(str(output / name))
+        typer.echo(f"# {file_stem(doc)}.cif\n{cif_text(doc)}")
 
 
 app.add_typer(generator_app, name="generator",

@@ -7,6 +7,8 @@ exactly as ``xtalloop query`` does.
 from __future__ import annotations
 
 import json
+import math
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ def store_from_options(
 
     from xtalloop.config import config_error_message
 
+    if uri is None and password_env is not None:
+        raise ConfigError("--password-env: only with --uri (an embedded store has no password)")
     settings: dict[str, Any] = {"backend": "embedded", "path": path}
     if uri is not None:
         settings = {"backend": "mongodb", "uri": uri, "database": database,
@@ -63,22 +67,70 @@ def store_from_options(
     return config
 
 
-def checked_filters(formula: str | None, chemsys: str | None) -> str | None:
-    """Check the ``--formula`` and ``--chemsys`` filters; return the reduced formula.
+def checked_chemsys(chemsys: str) -> str:
+    """``--chemsys`` as the store writes it: element symbols, sorted, joined by ``-``.
+
+    ``Na-Cl``, ``Cl-Na``, ``NaCl``, ``Na Cl``, ``Na,Cl`` and ``na-cl`` all give
+    ``Cl-Na``: a chemical system is a set of elements, and a user who types
+    the formula-like ``CuAu`` means the Au-Cu system.
 
     Raises
     ------
     CompositionError
-        An unknown element or an unreadable formula (one line).
+        Empty, or not element symbols (one line saying the format).
+    """
+    from xtalloop.composition import check_symbol
+    from xtalloop.errors import CompositionError
+
+    parts = [p for p in re.split(r"[-,\s]+", chemsys.strip()) if p]
+    if not parts:
+        raise CompositionError("--chemsys is empty: give element symbols, e.g. Na-Cl")
+    symbols: set[str] = set()
+    for part in parts:
+        if part.islower() and len(part) <= 2:
+            part = part.capitalize()  # "na-cl"
+        if not re.fullmatch(r"([A-Z][a-z]?)+", part):
+            raise CompositionError(f"--chemsys: cannot read {part!r}: give element symbols "
+                                   "without counts, e.g. Na-Cl or NaCl")
+        for symbol in re.findall(r"[A-Z][a-z]?", part):
+            check_symbol(symbol, chemsys)
+            symbols.add(symbol)
+    return "-".join(sorted(symbols))
+
+
+def checked_filters(
+    formula: str | None, chemsys: str | None, max_e_above_hull: float | None = None
+) -> tuple[str | None, str | None]:
+    """Check the ``--formula``, ``--chemsys`` and ``--max-e-above-hull`` filters.
+
+    Returns
+    -------
+    (formula, chemsys)
+        The reduced formula and the chemical system as the store writes them
+        (``None`` where not given).
+
+    Raises
+    ------
+    CompositionError
+        An empty filter, an unknown element or an unreadable formula (one line).
+    ConfigError
+        A hull distance that is not a number.
     """
     from xtalloop.composition import parse_composition
+    from xtalloop.errors import CompositionError
 
-    if chemsys:
-        for symbol in chemsys.split("-"):
-            parse_composition(symbol, charge_balance="off")
-    if formula:
-        return parse_composition(formula, charge_balance="off").reduced_formula
-    return None
+    if max_e_above_hull is not None and math.isnan(max_e_above_hull):
+        raise ConfigError("--max-e-above-hull: not a number (eV/atom, e.g. 0.1)")
+    if chemsys is not None:
+        chemsys = checked_chemsys(chemsys)
+    if formula is not None:
+        if not formula.strip():
+            raise CompositionError("--formula is empty: give a composition, e.g. NaCl")
+        try:
+            formula = parse_composition(formula, charge_balance="off").reduced_formula
+        except CompositionError as exc:
+            raise CompositionError(f"--formula: {exc}") from None
+    return formula, chemsys
 
 
 class ExportFormat(str, Enum):
@@ -97,16 +149,18 @@ def export(
     max_e_above_hull: float | None = typer.Option(None, help="eV/atom."),
     run_id: str | None = typer.Option(None, "--run", help="Only structures found by this run."),
     trajectory: bool = typer.Option(False, help="json: keep the relaxation trajectories."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     store: str = typer.Option("xtalloop-data", help=STORE_HELP),
     uri: str | None = typer.Option(None, help=URI_HELP),
     database: str = typer.Option("xtalloop", help=DATABASE_HELP),
     password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
 ) -> None:
     """Write validated structures with their provenance (generator, seed, models, DFT, run)."""
-    from xtalloop.export import export_structures
+    from xtalloop.export import check_export_target, export_structures
     from xtalloop.store.results import open_results
 
-    formula = checked_filters(formula, chemsys)
+    formula, chemsys = checked_filters(formula, chemsys, max_e_above_hull)
+    check_export_target(fmt.value, out, force)
     config = store_from_options(store, uri, database, password_env)
     with open_results(config) as db:
         docs = db.find_validated(formula=formula, chemsys=chemsys,
@@ -114,7 +168,7 @@ def export(
     if not docs:
         typer.echo("no validated structures match", err=True)
         raise typer.Exit(1)
-    paths = export_structures(docs, fmt.value, out, with_trajectory=trajectory)
+    paths = export_structures(docs, fmt.value, out, with_trajectory=trajectory, force=force)
     where = out if fmt is ExportFormat.cif else paths[0]
     typer.echo(f"exported {len(docs)} structures to {where} ({fmt.value})")
 
@@ -140,6 +194,47 @@ def stats(
         typer.echo(json.dumps(counts, indent=2))
         return
     _print_stats(counts, config.location)
+
+
+@db_app.command()
+@user_errors
+def check(
+    store: str = typer.Option("xtalloop-data", help=STORE_HELP),
+    uri: str | None = typer.Option(None, help=URI_HELP),
+    database: str = typer.Option("xtalloop", help=DATABASE_HELP),
+    password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
+) -> None:
+    """Check that the store can be used: every collection file readable, or the server answering."""
+    from xtalloop.store.results import open_results
+
+    config = store_from_options(store, uri, database, password_env)
+    with open_results(config, create=False) as db:
+        db.check()
+    typer.echo(f"{config.location}: ok")
+
+
+@db_app.command()
+@user_errors
+def repair(
+    store: str = typer.Option("xtalloop-data", help=STORE_HELP),
+) -> None:
+    """Move the damaged collection files of an embedded store aside, so that it works again.
+
+    Nothing is deleted: a damaged ``<name>.collection`` becomes
+    ``<name>.collection.corrupt-<time>`` (restore from a backup or recover
+    from it), and that collection starts empty.
+    """
+    from xtalloop.store.backends import DATABASE_NAME
+    from xtalloop.store.health import repair_store_files
+
+    config = store_from_options(store, None, "xtalloop", None)
+    moved = repair_store_files(config.resolved_path, DATABASE_NAME)
+    for path, target, problem in moved:
+        typer.echo(f"moved {path.name} ({problem}) to {target}")
+    if not moved:
+        typer.echo(f"{config.location}: nothing to repair")
+    else:
+        typer.echo(f"{len(moved)} collection(s) start empty; their old files are kept beside them")
 
 
 def _print_stats(counts: dict[str, Any], location: str) -> None:

@@ -122,6 +122,10 @@ def load_dataset(
 
 def unreadable_checkpoint(path: Path, exc: BaseException) -> str:
     """Message for a checkpoint file that cannot be loaded."""
+    from xtalloop.errors import XtalloopError
+
+    if isinstance(exc, XtalloopError):  # the checkpoint reader's own line names the file
+        return str(exc)
     return (f"cannot read checkpoint {path} (damaged, or not an xtalloop checkpoint): "
             f"{one_line(exc)}")
 
@@ -308,7 +312,9 @@ def train(
 ) -> None:
     """Train the diffusion generator from scratch (or resume a run) on a structure CSV."""
     from xtalloop.generators.diffusion import preset
+    from xtalloop.preflight import check_output_file
 
+    check_output_file(out, "--out", force=True, example="model.pt")  # before any training
     if resume is not None:
         load_checkpoint(resume)
     base = read_config(config_file) if config_file is not None else preset(preset_name.value)
@@ -353,8 +359,11 @@ def finetune(
     """Fine-tune a checkpoint on new data (its weights, model and noise settings)."""
     from xtalloop.generators.diffusion import DiffusionConfig
 
+    from xtalloop.preflight import check_output_file
+
     if out.resolve() == checkpoint.resolve():
         raise ConfigError("--out must differ from --checkpoint (the parent is kept as provenance)")
+    check_output_file(out, "--out", force=True, example="finetuned.pt")
     parent = load_checkpoint(checkpoint)
     overrides = train_overrides(epochs, minutes, device, batch_size, None, seed)
     if lr_factor is not None:
@@ -376,7 +385,7 @@ def finetune(
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained checkpoint."),
     composition: str = typer.Option(..., "--composition", help="Formula, e.g. Li3PS4."),
-    n: int = typer.Option(10, "--n", min=1, help="Structures to sample."),
+    n: int = typer.Option(10, "--n", min=1, help="Structures to sample (at most 10000)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives identical files (on CPU)."),
     out: Path = typer.Option(Path("samples"), "--out", help="Folder for the CIF files."),
     n_steps: int | None = typer.Option(None, min=1, help="Reverse diffusion steps "
@@ -393,10 +402,16 @@ def sample(
 ) -> None:
     """Sample structures of one composition and write one CIF per structure."""
     from xtalloop.composition import parse_composition
+    from xtalloop.config import MAX_CANDIDATES
     from xtalloop.generators.diffusion import DiffusionGenerator
     from xtalloop.generators.diffusion.generator import formula_unit_options
+    from xtalloop.preflight import check_output_folder, writing_into
 
+    if n > MAX_CANDIDATES:
+        raise ConfigError(f"--n: at most {MAX_CANDIDATES} structures per call, not {n}: all are "
+                          "held in memory until written; call again with other --seed values")
     reduced = parse_composition(composition, charge_balance="off")
+    check_output_folder(out, "--out")
     check_device(device.value)
     set_threads(threads)
     if not checkpoint.is_file():
@@ -420,9 +435,9 @@ def sample(
         raise CompositionError(f"no cell of {reduced.reduced_formula} fits within {limit} atoms "
                                "(pass --max-atoms or other --formula-units)")
     candidates = generator.generate(reduced, n, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for candidate in candidates:
-        name = f"{reduced.reduced_formula}_s{seed}_{candidate.index:03d}.cif"
-        (out / name).write_text(candidate.structure.to(fmt="cif"))
-        typer.echo(sample_line(name, candidate.structure, symprec))
+    with writing_into(out, "--out"):
+        for candidate in candidates:
+            name = f"{reduced.reduced_formula}_s{seed}_{candidate.index:03d}.cif"
+            (out / name).write_text(candidate.structure.to(fmt="cif"))
+            typer.echo(sample_line(name, candidate.structure, symprec))
     typer.echo(f"wrote {len(candidates)} CIFs to {out}")

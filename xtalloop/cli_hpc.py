@@ -80,6 +80,9 @@ def status(
         typer.echo("jobs: " + ", ".join(f"{n} {name}" for name, n in state["counts"].items()))
     for failure in state["failed"]:
         typer.echo(f"failed: {failure['name']}: {failure['error']}")
+    for job in state.get("running", []):
+        seen = "" if job["last_seen"] is None else f", last heard of {job['last_seen']:.0f} s ago"
+        typer.echo(f"running: {job['name']} on {job['host']}{seen} ({job['launch_dir']})")
     for r in state.get("rounds", []):
         hit = r.get("hit_rate")
         typer.echo(f"round {r['round']} ({r.get('status')}): "
@@ -88,6 +91,8 @@ def status(
                    + ("" if hit is None else f", hit rate {hit:.0%}"))
     if run.get("stopped_by"):
         typer.echo(f"stopped: {run['stopped_by']}")
+    if run.get("missing"):
+        typer.echo(f"no result for: {', '.join(run['missing'])} (`xtalloop run` completes them)")
     validated = state["validated"]
     stable = [d for d in validated if d.get("e_above_hull") is not None
               and d["e_above_hull"] <= 0.1]
@@ -99,9 +104,14 @@ def status(
 def rerun_failed(
     config: Path = typer.Argument(..., help="The run configuration (where the store is)."),
     run_id: str | None = typer.Option(None, "--run", help="Run id (default: the newest run)."),
+    lost_after: float | None = typer.Option(
+        None, "--lost-after", min=0,
+        help="FireWorks: also requeue running jobs whose worker has not pinged for this many "
+             "seconds (a queue job cancelled or killed at its walltime). Default: "
+             "RUN_EXPIRATION_SECS of FW_config.yaml (FireWorks: 4 h)."),
 ) -> None:
-    """Requeue the failed jobs of a submitted run."""
+    """Requeue the failed jobs of a submitted run, and FireWorks jobs whose worker died."""
     from xtalloop.hpc.submit import rerun_failed as requeue
 
-    n = requeue(_config(config), run_id)
+    n = requeue(_config(config), run_id, lost_after)
     typer.echo(f"requeued {n} failed jobs" if n else "no failed jobs to requeue")

@@ -14,7 +14,8 @@ model_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Energy models trained on the store's DFT data: list them, train one now.",
+    help="Energy models trained on the store's DFT data: list them, train one now, "
+         "trust one.",
 )
 
 
@@ -33,6 +34,11 @@ def learning_line(summary: dict[str, Any]) -> str:
     return (f"energy model: {summary['model_id']} {verdict} ({how} {summary['parent']}; "
             f"{n.get('train', '?')} structures, {n.get('holdout', '?')} held out): "
             f"{summary['reason']}")
+
+
+def _members(files: list[dict[str, Any]]) -> int:
+    """Ensemble members: one description (or, in registries of old, one ``.model``) each."""
+    return sum(1 for f in files if f["name"].endswith((".mace.json", ".model")))
 
 
 @model_app.command("list")
@@ -66,7 +72,7 @@ def list_models(
         f1 = metrics.get("f1")
         mark = "*" if current and doc["model_id"] == current["model_id"] else ""
         table.add_row(
-            doc["model_id"] + mark, str(doc["parent"]), str(len(doc["files"])),
+            doc["model_id"] + mark, str(doc["parent"]), str(_members(doc["files"])),
             f"{len(doc.get('training_structures', []))} / "
             f"{len(doc.get('holdout_structures', []))}",
             _mae(metrics, "energy_mae"), _mae(doc.get("parent_metrics"), "energy_mae"),
@@ -119,3 +125,56 @@ def promote(
     with open_results(store_from_options(store, uri, database, password_env)) as db:
         ModelRegistry(db).promote(model_id)
     typer.echo(f"{model_id} is now the prefilter's model for 'model: registry'")
+
+
+def _model_files(path: Path) -> list[Path]:
+    """The files ``xtalloop model trust PATH`` vouches for: a file, or a folder's models."""
+    from xtalloop.errors import DataError
+    from xtalloop.models.mace_format import SUFFIX, is_native, weights_path
+
+    if path.is_dir():
+        files = sorted({*path.glob(f"*{SUFFIX}"), *path.glob("*.mace.pt"), *path.glob("*.model")})
+        if not files:
+            raise DataError(f"{path}: no model files (*{SUFFIX}, *.mace.pt, *.model) in it")
+        return files
+    return [path, weights_path(path)] if is_native(path) and weights_path(path).is_file() \
+        else [path]
+
+
+@model_app.command("trust")
+@user_errors
+def trust(
+    what: str = typer.Argument(..., help="A model file or folder, or a registry id such as "
+                               "mace-3 (its stored files), that you have reviewed."),
+    store: str = typer.Option("xtalloop-data", help=STORE_HELP),
+    uri: str | None = typer.Option(None, help=URI_HELP),
+    database: str = typer.Option("xtalloop", help=DATABASE_HELP),
+    password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
+) -> None:
+    """Put a model on this machine's trust list (a .model file is a pickle: it can run code).
+
+    Models trained on this machine are trusted already. A plain MACE
+    ``.model`` file (e.g. a downloaded foundation model) and a registry model
+    from a shared store are used only after this command.
+    """
+    import re
+
+    from xtalloop.errors import DataError
+    from xtalloop.models.trust import add_files, trust_file
+
+    path = Path(what).expanduser()
+    if path.exists():
+        files = _model_files(path)
+        add_files(files)
+        for file in files:
+            typer.echo(f"trusted {file}")
+    elif re.fullmatch(r"[A-Za-z0-9_.-]+-\d+", what):
+        from xtalloop.learn.registry import ModelRegistry
+        from xtalloop.store.results import open_results
+
+        with open_results(store_from_options(store, uri, database, password_env)) as db:
+            digests = ModelRegistry(db).trust(what)
+        typer.echo(f"trusted registry model {what} ({len(digests)} files)")
+    else:
+        raise DataError(f"{what}: no such file or folder, and not a registry id such as mace-3")
+    typer.echo(f"trust list: {trust_file()}")

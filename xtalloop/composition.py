@@ -14,11 +14,31 @@ ChargeBalance = Literal["strict", "off"]
 _TOKEN = re.compile(r"([A-Z][a-z]?)\s*(-?\d*\.?\d*)")
 
 
+_ISOTOPES = {"D": "deuterium", "T": "tritium"}
+
+
+def check_symbol(symbol: str, formula: str) -> None:
+    """Refuse an unknown element symbol, and the isotopes D and T.
+
+    pymatgen reads ``D`` and ``T`` as hydrogen, so ``D2O`` would be stored and
+    queried as ``H2O``; structures are predicted per element, so the user is
+    asked to write ``H`` rather than have the formula changed silently.
+    """
+    if symbol in _ISOTOPES:
+        raise CompositionError(
+            f"{symbol!r} ({_ISOTOPES[symbol]}) in {formula!r}: isotopes are not distinguished "
+            "(pymatgen reads them as H); write H instead")
+    if not Element.is_valid_symbol(symbol):
+        raise CompositionError(f"unknown element {symbol!r} in formula {formula!r}")
+
+
 def _check_tokens(formula: str) -> None:
     """Reject unknown symbols and non-positive-integer counts before pymatgen guesses."""
     text = formula.replace(" ", "")
     if not text:
         raise CompositionError("empty formula")
+    for symbol in re.findall(r"[A-Z][a-z]?", text):
+        check_symbol(symbol, formula)
     if re.search(r"[()\[\]]", text):
         # pymatgen expands brackets; counts are checked on the result.
         return
@@ -26,8 +46,6 @@ def _check_tokens(formula: str) -> None:
     if consumed != text:
         raise CompositionError(f"cannot read formula {formula!r}: unexpected characters")
     for symbol, count in _TOKEN.findall(text):
-        if not Element.is_valid_symbol(symbol):
-            raise CompositionError(f"unknown element {symbol!r} in formula {formula!r}")
         if count:
             value = float(count)
             if value <= 0:

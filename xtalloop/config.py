@@ -12,46 +12,84 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xtalloop.composition import parse_composition
+from xtalloop.config_checks import (  # noqa: F401  (config_error_message: imported from here)
+    MAX_CANDIDATES, CandidateCount, TorchDevice, config_error_message, device_choice,
+)
 from xtalloop.errors import CompositionError, ConfigError
+from xtalloop.uri import (  # noqa: F401  (uri_hosts, uri_netloc: imported from here)
+    is_mongodb_uri, password_problem, redact_uri, uri_hosts, uri_netloc,
+)
+from xtalloop.yamlfile import read_yaml
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # errors are shown through config_error_message; hiding the input keeps a
+    # password that a uri should not hold out of any other rendering of them
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class RandomSymmetricSource(_Section):
     """Random symmetric Wyckoff sampling with PyXtal."""
 
     kind: Literal["random_symmetric"] = "random_symmetric"
-    n: int = Field(24, ge=1, description="candidates per composition")
-    formula_units: tuple[int, ...] = (1, 2, 4, 8)
+    n: CandidateCount = Field(24, ge=1, description="candidates per composition")
+    formula_units: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1)
     volume_factor: float = Field(1.1, gt=0)
     min_distance_factor: float = Field(0.6, ge=0)
     space_group_prior: Literal["mp20", "uniform"] = "mp20"
     prior_power: float = Field(1.0, ge=0)
+
+    @field_validator("formula_units")
+    @classmethod
+    def _positive_units(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(z < 1 for z in value):
+            raise ValueError(f"formula units per cell are 1 or more, not {min(value)}")
+        return value
 
 
 class PrototypeSubstitutionSource(_Section):
     """Known structures of the same stoichiometry with the target's elements swapped in."""
 
     kind: Literal["prototype_substitution"]
-    n: int = Field(10, ge=1)
-    reference_csv: str = "../shared/data/mp_20/train_partial.csv.gz"
+    n: CandidateCount = Field(10, ge=1)
+    reference_csv: str = Field("../shared/data/mp_20/train_partial.csv.gz", validate_default=True,
+                               description="CSV of known structures with a 'cif' column; "
+                               "relative to the working directory")
     explore: float = Field(0.0, ge=0)
+
+    @field_validator("reference_csv")
+    @classmethod
+    def _readable_table(cls, value: str) -> str:
+        from xtalloop.preflight import check_structure_table
+
+        check_structure_table(value)
+        return value
 
 
 class DiffusionSource(_Section):
     """A trained diffusion-model checkpoint."""
 
     kind: Literal["diffusion"]
-    n: int = Field(10, ge=1)
+    n: CandidateCount = Field(10, ge=1)
     checkpoint: str
     n_steps: int | None = Field(None, ge=1)
-    device: str = "cpu"
+    device: Annotated[str, device_choice("cpu, cuda, cuda:N, mps or auto",
+                                   r"cpu|mps|auto|cuda(:\d+)?")] = "cpu"
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _readable_checkpoint(cls, value: str) -> str:
+        """A missing, damaged or unsafe checkpoint is found now, not inside a job."""
+        from xtalloop.generators.diffusion.checkpoint import CheckpointError, check_checkpoint
+
+        try:
+            check_checkpoint(value)
+        except CheckpointError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 GeneratorSource = Annotated[
@@ -63,7 +101,8 @@ GeneratorSource = Annotated[
 class GenerateConfig(_Section):
     """Which generators feed the candidate pool, and the seed that reproduces it."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63,
+                      description="0 to 2**63 - 1: stored as a 64-bit integer in MongoDB")
     max_atoms: int = Field(8, ge=1, le=200, description="largest cell a generator may return")
     sources: tuple[GeneratorSource, ...] = (RandomSymmetricSource(),)
 
@@ -89,14 +128,22 @@ def _check_model_spec(value: str, registry: bool) -> str:
     if value in ("chgnet", "emt") or (registry and value == "registry"):
         return value
     path = Path(value).expanduser()
-    if path.is_dir() and any(path.glob("*.model")):
+    if path.is_dir() and (any(path.glob("*.mace.json")) or any(path.glob("*.model"))):
         return value  # an ensemble: one MACE model file per member
-    if not value.endswith(".model"):
+    if not value.endswith((".model", ".mace.json")):
         also = "'registry', " if registry else ""
-        raise ValueError(f"unknown model {value!r}: use 'chgnet', 'emt', {also}a MACE .model "
-                         "file or a folder of them (an ensemble)")
+        raise ValueError(f"unknown model {value!r}: use 'chgnet', 'emt', {also}a MACE model "
+                         "file (.mace.json, or a trusted .model) or a folder of them "
+                         "(an ensemble)")
     if not path.is_file():
         raise ValueError(f"MACE model file {value!r} does not exist")
+    if value.endswith(".model"):  # a pickle: found untrusted now, not inside a job
+        from xtalloop.models.mace_format import sha256
+        from xtalloop.models.trust import how_to_trust, is_trusted
+
+        if not is_trusted(sha256(path)):
+            raise ValueError(f"{value} is a pickle not on this machine's trust list; if you "
+                             f"trust its source run `{how_to_trust(value)}`")
     return value
 
 
@@ -114,7 +161,7 @@ class PrefilterConfig(_Section):
                        "or a folder of MACE model files (an ensemble)")
     base_model: str = Field("chgnet", description="used by model: registry until the "
                             "registry has a promoted model")
-    device: str = "cpu"
+    device: TorchDevice = "cpu"
     precision: Literal["float64", "float32"] = Field(
         "float64", description="MACE precision: float32 is about twice as fast on CPU")
     fmax: float = Field(0.05, gt=0)
@@ -162,7 +209,8 @@ class EnergyModelLearning(_Section):
     max_frames_per_relaxation: int = Field(8, ge=1)
     min_structures: int = Field(4, ge=1, description="skip training with fewer DFT structures")
     seed: int = 0
-    device: str = "cpu"
+    device: Annotated[str, device_choice("cpu, cuda or mps (MACE's choices)",
+                                         r"cpu|cuda|mps")] = "cpu"
 
 
 class GeneratorLearning(_Section):
@@ -181,7 +229,7 @@ class GeneratorLearning(_Section):
     stable_within: float = Field(0.1, ge=0, description="eV/atom above the DFT hull")
     min_structures: int = Field(2, ge=1, description="skip fine-tuning with fewer structures")
     seed: int = 0
-    device: str = "cpu"
+    device: Annotated[str, device_choice("cpu, cuda or auto", r"cpu|cuda|auto")] = "cpu"
 
 
 class LearnConfig(_Section):
@@ -309,18 +357,19 @@ class StoreConfig(_Section):
     password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                      description="environment variable holding the password")
     password_file: str | None = Field(None, description="file whose first line is the password")
+    retry_seconds: float = Field(
+        120, ge=0, le=86400,
+        description="how long a run waits for an unreachable store before it stops")
 
     @field_validator("uri")
     @classmethod
     def _mongodb_uri(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not value.startswith(("mongodb://", "mongodb+srv://")):
+        if not is_mongodb_uri(value):
             raise ValueError("must start with mongodb:// or mongodb+srv://")
-        userinfo, at, _ = uri_netloc(value).rpartition("@")
-        if at and ":" in userinfo:
-            raise ValueError("holds a password: give it with password_env or password_file "
-                             "instead, so that it is never stored")
+        if problem := password_problem(value):
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -380,27 +429,6 @@ class SubmitConfig(_Section):
         None, description="jobflow-remote resources of every job (e.g. nodes, time)")
 
 
-def uri_netloc(uri: str) -> str:
-    """The ``user@host1:port,host2`` part of a MongoDB URI (no DNS lookup, unlike pymongo)."""
-    rest = uri.split("://", 1)[-1]
-    return re.split(r"[/?]", rest, maxsplit=1)[0]
-
-
-def uri_hosts(uri: str) -> str:
-    """The host list of a MongoDB URI, without user or password."""
-    return uri_netloc(uri).rpartition("@")[2]
-
-
-def redact_uri(uri: str) -> str:
-    """``mongodb://user:secret@host`` → ``mongodb://user:***@host``."""
-    netloc = uri_netloc(uri)
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return uri
-    user = userinfo.split(":", 1)[0]
-    return uri.replace(netloc, f"{user}:***@{hosts}", 1)
-
-
 class RunConfig(_Section):
     """One crystal-structure-prediction run over a list of compositions."""
 
@@ -415,6 +443,16 @@ class RunConfig(_Section):
     store: StoreConfig = StoreConfig()
     submit: SubmitConfig = SubmitConfig()
     output_dir: str = "runs"
+
+    @field_validator("charge_balance", mode="before")
+    @classmethod
+    def _yaml_boolean(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted off/no/false as False (and on/yes/true as True)
+        if value is False:
+            return "off"
+        if value is True:
+            return "strict"
+        return value
 
     @field_validator("compositions")
     @classmethod
@@ -474,39 +512,6 @@ class RunConfig(_Section):
         ]
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    parts = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("random_symmetric", "prototype_substitution", "diffusion"):
-            continue  # discriminator tag pydantic inserts into the path
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-_KEY_PREFIX = re.compile(r"^([a-z_]+): (.+)$")
-
-
-def config_error_message(exc: ValidationError) -> str:
-    """One line per problem, ``key.path: message``, most relevant first."""
-    lines = []
-    for error in exc.errors():
-        where = _location(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        elif message.startswith("compositions["):
-            where, _, message = message.partition(": ")
-        elif match := _KEY_PREFIX.match(message):  # a model validator naming one of its keys
-            where, message = f"{where}.{match[1]}" if where else match[1], match[2]
-        lines.append(f"{where}: {message}" if where else message)
-    return "; ".join(lines)
-
-
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read and validate a run configuration.
 
@@ -525,12 +530,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     data.update(overrides or {})

@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 from pymatgen.core import Structure
 
+from xtalloop.errors import DataError
+from xtalloop.preflight import (
+    check_output_file, check_output_folder, write_file_atomically, writing_into,
+)
+
 ExportFormat = Literal["cif", "extxyz", "json"]
 
 
@@ -52,8 +57,46 @@ def cif_text(doc: dict[str, Any]) -> str:
     return header + str(CifWriter(structure, symprec=0.1))
 
 
+def check_export_target(fmt: ExportFormat, out: Path, force: bool = False,
+                        what: str = "OUT") -> None:
+    """Refuse an output path that cannot take ``fmt``, before the store is even opened.
+
+    ``cif`` needs a folder (existing or to be made), ``extxyz`` and ``json``
+    a file; an existing file is replaced only with ``force``.
+
+    Raises
+    ------
+    DataError
+        One line naming ``what`` (the option or argument) and the path.
+    """
+    if fmt == "cif":
+        check_output_folder(out, what)
+    else:
+        check_output_file(out, what, force, example=f"structures.{fmt}")
+
+
+def write_cifs(docs: list[dict[str, Any]], folder: Path, force: bool = False,
+               what: str = "OUT") -> list[Path]:
+    """One CIF per document in ``folder`` (made if missing).
+
+    Existing files of the same names are refused unless ``force``, all before
+    the first file is written.
+    """
+    paths = [folder / f"{file_stem(doc)}.cif" for doc in docs]
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise DataError(f"{what}: {existing[0]}{more} exist; pass --force to overwrite them")
+    texts = [cif_text(doc) for doc in docs]  # before anything is written
+    with writing_into(folder, what):
+        for path, text in zip(paths, texts, strict=True):
+            path.write_text(text)
+    return paths
+
+
 def export_structures(
-    docs: list[dict[str, Any]], fmt: ExportFormat, out: Path, with_trajectory: bool = False
+    docs: list[dict[str, Any]], fmt: ExportFormat, out: Path, with_trajectory: bool = False,
+    force: bool = False,
 ) -> list[Path]:
     """Write ``docs`` (validated-structure documents) to ``out``.
 
@@ -67,31 +110,35 @@ def export_structures(
         in each frame's info); ``json``: one file ``out`` holding the documents.
     with_trajectory
         JSON only: keep the relaxation trajectories (large).
+    force
+        Replace existing files (otherwise refused, before anything is written).
 
     Returns
     -------
     list of Path
         The files written.
+
+    Raises
+    ------
+    DataError
+        The target is of the wrong kind, exists (without ``force``) or cannot
+        be written; a file is written whole or not at all.
     """
+    check_export_target(fmt, out, force)
     if fmt == "cif":
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for doc in docs:
-            path = out / f"{file_stem(doc)}.cif"
-            path.write_text(cif_text(doc))
-            paths.append(path)
-        return paths
-    out.parent.mkdir(parents=True, exist_ok=True)
+        return write_cifs(docs, out, force)
     if fmt == "json":
         keep = [
             {k: v for k, v in doc.items() if with_trajectory or k != "trajectory"}
             for doc in docs
         ]
-        out.write_text(json.dumps(keep, indent=2, default=str))
+        text = json.dumps(keep, indent=2, default=str)
+        write_file_atomically(out, "OUT", lambda tmp: tmp.write_text(text))
         return [out]
     from ase.io import write
 
-    write(out, [_atoms(doc) for doc in docs], format="extxyz")
+    frames = [_atoms(doc) for doc in docs]
+    write_file_atomically(out, "OUT", lambda tmp: write(tmp, frames, format="extxyz"))
     return [out]
 
 

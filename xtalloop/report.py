@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
 
 from xtalloop.config import StoreConfig
-from xtalloop.errors import XtalloopError
+from xtalloop.errors import ConfigError, XtalloopError
+from xtalloop.preflight import check_output_folder, writing_into
 from xtalloop.store.results import ResultsDB, open_results
 
 STABLE_WITHIN = 0.1
@@ -132,6 +134,34 @@ def hull_points(db: ResultsDB, chemsys: list[str], settings_key: str,
     return points, sorted(edges)
 
 
+def run_folder_store(folder: Path) -> StoreConfig:
+    """The store settings saved in a run folder's ``config.json``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file: unreadable, not JSON, or without valid
+        ``store`` settings (the message never holds a password).
+    """
+    from pydantic import ValidationError
+
+    from xtalloop.config import config_error_message
+
+    path = folder / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not valid JSON (damaged or truncated)"
+        raise ConfigError(f"{path}: {reason}; pass the run id instead "
+                          "(xtalloop report <id> --store ...)") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("store"), dict):
+        raise ConfigError(f"{path}: no store settings in it; pass the run id instead")
+    try:
+        return StoreConfig(**saved["store"])
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: store settings: {config_error_message(exc)}") from None
+
+
 def write_report(store: StoreConfig, run_id: str, out_dir: str | Path) -> Path:
     """Write ``report.html`` (self-contained: PNGs embedded) with PNGs and CIFs beside it.
 
@@ -142,39 +172,51 @@ def write_report(store: StoreConfig, run_id: str, out_dir: str | Path) -> Path:
     run_id
         A loop id or a plain run id.
     out_dir
-        Folder to write into (created).
+        Folder to write into (created once the run is found).
 
     Returns
     -------
     Path
         The HTML file.
-    """
-    from xtalloop.plots import plot_hull, plot_model_history, plot_round_funnel, plot_rounds
 
+    Raises
+    ------
+    XtalloopError
+        No such run in the store, or ``out_dir`` cannot be a folder; in both
+        cases nothing is written.
+    """
     out = Path(out_dir)
-    (out / "cifs").mkdir(parents=True, exist_ok=True)
-    figures: list[tuple[str, Path]] = []
+    check_output_folder(out, "--out")
     with open_results(store) as db:
         data = gather(db, run_id)
-        if data.rounds:
-            figures.append(("Rounds: DFT calls, stable structures, hit rate",
-                            plot_rounds(data.rounds, out / "rounds.png")))
-            figures.append(("Energy funnel", plot_round_funnel(data.rounds, out / "funnel.png")))
-        new_ids = {d["uuid"] for d in data.docs if d["new"]}
-        keys = sorted({d["dft"]["settings_key"] for d in data.docs})
-        hull_notes = []
-        for chemsys in sorted({d["chemsys"] for d in data.docs if d["nelements"] > 1}):
-            elements = chemsys.split("-")
-            if len(elements) > 3:
-                hull_notes.append(f"{chemsys}: {len(elements)} elements, no hull drawing "
-                                  "(energies above hull are in the table)")
-                continue
-            for key in keys:
-                points, edges = hull_points(db, elements, key, new_ids)
-                if points:
-                    name = f"hull_{chemsys}.png" if len(keys) == 1 else f"hull_{chemsys}_{key}.png"
-                    figures.append((f"{chemsys} convex hull (DFT, {key})",
-                                    plot_hull(points, elements, out / name, edges)))
+        with writing_into(out / "cifs", "--out"):
+            return _write_report(db, data, out)
+
+
+def _write_report(db: ResultsDB, data: ReportData, out: Path) -> Path:
+    """Plots, CIFs and the HTML page of ``data`` into the existing folder ``out``."""
+    from xtalloop.plots import plot_hull, plot_model_history, plot_round_funnel, plot_rounds
+
+    figures: list[tuple[str, Path]] = []
+    if data.rounds:
+        figures.append(("Rounds: DFT calls, stable structures, hit rate",
+                        plot_rounds(data.rounds, out / "rounds.png")))
+        figures.append(("Energy funnel", plot_round_funnel(data.rounds, out / "funnel.png")))
+    new_ids = {d["uuid"] for d in data.docs if d["new"]}
+    keys = sorted({d["dft"]["settings_key"] for d in data.docs})
+    hull_notes = []
+    for chemsys in sorted({d["chemsys"] for d in data.docs if d["nelements"] > 1}):
+        elements = chemsys.split("-")
+        if len(elements) > 3:
+            hull_notes.append(f"{chemsys}: {len(elements)} elements, no hull drawing "
+                              "(energies above hull are in the table)")
+            continue
+        for key in keys:
+            points, edges = hull_points(db, elements, key, new_ids)
+            if points:
+                name = f"hull_{chemsys}.png" if len(keys) == 1 else f"hull_{chemsys}_{key}.png"
+                figures.append((f"{chemsys} convex hull (DFT, {key})",
+                                plot_hull(points, elements, out / name, edges)))
     if data.models:
         figures.append(("Energy models trained by the loop",
                         plot_model_history(data.models, out / "models.png")))

@@ -9,16 +9,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
-from jobflow import Job, run_locally
+from jobflow import Flow, Job
 from monty.json import MontyEncoder
 from pymatgen.core import Structure
 
-from xtalloop.config import RunConfig
+from xtalloop.config import RunConfig, StoreConfig
 from xtalloop.dft.result import DftMaker
+from xtalloop.local_jobs import job_failures, run_jobs
+from xtalloop.retry import RetryingJobStore, StoreUnavailableError
+from xtalloop.run_record import (
+    check_output_dir, clear_stop_marker, heartbeat, mark_if_lost, record_stop, save_run,
+    this_process, with_db,
+)
 from xtalloop.store import job_store
-from xtalloop.store.results import now, open_results
+from xtalloop.store.results import ResultsDB, check_store, now, open_results
 from xtalloop.workflows.csp import run_flow
+from xtalloop.workflows.outputs import plain
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,10 @@ class RunResult:
     failed_jobs: list[str] = field(default_factory=list)
     energy_model: dict[str, Any] | None = None
     """What the learning job did (``learn.energy_model.enabled``), else ``None``."""
+    missing: list[str] = field(default_factory=list)
+    """Compositions that did not reach the record step (a job failed)."""
+    resumed: bool = False
+    """Whether this run completed an interrupted run of the same id."""
 
     @property
     def validated(self) -> list[dict[str, Any]]:
@@ -47,11 +59,27 @@ def new_run_id(name: str) -> str:
     return f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def unfinished_run(config: RunConfig) -> dict[str, Any] | None:
+    """The newest plain run of ``config.name`` left unfinished, if its config is the same.
+
+    Unfinished: ``interrupted`` (a ``running`` record whose process is gone is
+    marked so first), or finished with compositions that have no result.
+    """
+    with open_results(config.store) as db:
+        record = mark_if_lost(db, db.latest_run(config.name))
+    if (record and record.get("kind") != "loop"
+            and (record.get("status") == "interrupted" or record.get("missing"))
+            and record.get("config") == config.redacted_dump()):
+        return record
+    return None
+
+
 def execute(
     config: RunConfig,
     progress: bool = True,
     run_id: str | None = None,
     relax_maker: DftMaker | None = None,
+    resume: bool = True,
 ) -> RunResult:
     """Run every composition of ``config`` through generate → prefilter → DFT → store.
 
@@ -65,26 +93,79 @@ def execute(
         Name of the run folder and record (default: the config name and a timestamp).
     relax_maker
         Replaces the DFT relaxation maker the config's ``dft`` section describes.
+    resume
+        Complete the newest interrupted run of the same name and config (killed,
+        or stopped by a store outage): only its compositions without a recorded
+        result run again. Ignored when ``run_id`` is given.
+
+    Raises
+    ------
+    StoreUnavailableError
+        The store stopped answering for longer than ``store.retry_seconds``;
+        the record (or, failing that, ``stopped.txt`` in the run folder) says
+        so, and running again completes what is missing.
     """
-    run_id = run_id or new_run_id(config.name)
-    run_dir = Path(config.output_dir).resolve() / run_id
-    (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    output_dir = check_output_dir(config.output_dir)  # before any work or folder
+    check_store(config.store)  # a damaged store fails now, not after the DFT
+    previous = unfinished_run(config) if resume and run_id is None else None
+    run_id = previous["id"] if previous else (run_id or new_run_id(config.name))
+    run_dir = output_dir / run_id
     run = {"id": run_id, "name": config.name}
-    with open_results(config.store) as db:
-        db.save_run({"id": run_id, "name": config.name, "status": "running",
-                     "started_at": now(), "config": config.redacted_dump(),
-                     "run_dir": str(run_dir)})
+    attempt = f"{now()} {uuid4().hex[:8]}"  # which execution of a resumed run
+    with open_results(config.store) as db:  # an unreachable store fails here, fast
+        done = {r["formula"]: r for r in db.composition_results(run_id)} if previous else {}
+        db.save_run({"id": run_id, "name": config.name, "status": "running", "attempt": attempt,
+                     "config": config.redacted_dump(), "run_dir": str(run_dir),
+                     "compositions": list(config.compositions), "process": this_process(),
+                     "heartbeat_at": now(), "stopped_by": None,
+                     **({"resumed_at": now()} if previous else {"started_at": now()})})
+    (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    clear_stop_marker(run_dir)
     (run_dir / "config.json").write_text(json.dumps(config.redacted_dump(), indent=2))
 
-    flow = run_flow(config, run, progress, relax_maker)
-    store = job_store(config.store)
-    with _quiet() as failures:
-        run_locally(flow, store=store, create_folders=True,
-                    root_dir=run_dir / "jobs", log=False, ensure_success=False)
-    failed_jobs = failures.messages
+    todo = [text for text, c in zip(config.compositions, config.parsed_compositions(),
+                                    strict=True) if c.reduced_formula not in done]
+    flow = run_flow(config.model_copy(update={"compositions": todo}), run, progress,
+                    relax_maker)
+    store = RetryingJobStore.wrap(job_store(config.store), config.store.retry_seconds)
+    try:
+        with _quiet():
+            run_jobs(flow, store, config.store, run_dir / "jobs", run_id,
+                     heartbeat(config.store, run_id), attempt)
+        compositions, learning = _collect(flow, store)
+        failed_jobs = [f"{f['name']}: {f['error']}"
+                       for f in job_failures(config.store, run_id, attempt)]
+        earlier = _with_structures(config.store, run_id, list(done.values()))
+    except StoreUnavailableError as exc:
+        record_stop(config.store, run_id, run_dir, str(exc))
+        raise
+    except KeyboardInterrupt:
+        record_stop(config.store, run_id, run_dir,
+                    "interrupted by the user; run it again to complete what is missing")
+        raise
+    order = {c.reduced_formula: i for i, c in enumerate(config.parsed_compositions())}
+    compositions = sorted([*earlier, *compositions], key=lambda c: order.get(c["formula"], 0))
+    missing = [c["formula"] for c in compositions if c.get("error")]
+    result = RunResult(run_id, run_dir, compositions, failed_jobs, learning, missing,
+                       previous is not None)
+    write_run_folder(result)
+    status = "completed" if not failed_jobs and not missing else "completed with failures"
+    try:
+        save_run(config.store, {
+            "id": run_id, "name": config.name, "finished_at": now(), "status": status,
+            "failed_jobs": failed_jobs, "missing": missing, "config": config.redacted_dump(),
+            "run_dir": str(run_dir),
+            "funnel": {c["formula"]: c.get("funnel", {}) for c in compositions},
+            "validated": [v["uuid"] for v in result.validated], "energy_model": learning})
+    except StoreUnavailableError as exc:  # results are stored; a rerun only records the run
+        record_stop(config.store, run_id, run_dir, str(exc))
+        raise
+    return result
 
-    compositions = []
-    learning = None
+
+def _collect(flow: Flow, store: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Each composition's summary from the job store (or why it has none), and the learning."""
+    compositions, learning = [], None
     store.connect()
     try:
         for composition_flow in flow:
@@ -92,28 +173,29 @@ def execute(
                 learning = _output_or_none(store, composition_flow.uuid)
                 continue
             formula = composition_flow.name.split(" ", 1)[1]
-            validate_uuid = composition_flow.jobs[-1].uuid
-            try:
-                summary = store.get_output(validate_uuid, which="last", load=True)
-                summary = json.loads(json.dumps(summary, cls=MontyEncoder))  # plain dicts
-            except ValueError:  # the composition stopped before its validation finished
-                summary = {"formula": formula, "validated": [], "failed": [],
-                           "funnel": {}, "error": "did not reach DFT validation"}
+            summary = _output_or_none(store, composition_flow.jobs[-1].uuid)
+            if not isinstance(summary, dict) or "validated" not in summary:
+                summary = {"formula": formula, "validated": [], "failed": [], "funnel": {},
+                           "error": "did not reach DFT validation"}
             compositions.append(summary)
     finally:
         store.close()
+    return compositions, learning
 
-    result = RunResult(run_id, run_dir, compositions, failed_jobs, learning)
-    write_run_folder(result)
-    with open_results(config.store) as db:
-        db.save_run({"id": run_id, "name": config.name, "finished_at": now(),
-                     "status": "completed" if not failed_jobs else "completed with failures",
-                     "failed_jobs": failed_jobs, "config": config.redacted_dump(),
-                     "run_dir": str(run_dir),
-                     "funnel": {c["formula"]: c.get("funnel", {}) for c in compositions},
-                     "validated": [v["uuid"] for v in result.validated],
-                     "energy_model": learning})
-    return result
+
+def _with_structures(config: StoreConfig, run_id: str,
+                     results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recorded composition results of a resumed run, their structures read back from the store."""
+    if not results:
+        return []
+
+    def read(db: ResultsDB) -> dict[str, Any]:
+        return {d["uuid"]: d["structure"] for d in db.find_validated(run_id=run_id)}
+
+    structures = with_db(config, read)
+    return [dict(r, validated=[dict(v, structure=structures[v["uuid"]])
+                               for v in r.get("validated", []) if v["uuid"] in structures])
+            for r in results]
 
 
 @dataclass
@@ -132,10 +214,14 @@ class LoopResult:
 
 
 def unfinished_loop(config: RunConfig) -> dict[str, Any] | None:
-    """The newest loop of ``config.name`` in the store that did not finish, if any."""
+    """The newest loop of ``config.name`` in the store that did not finish, if any.
+
+    A ``running`` loop whose process is gone (killed) is marked ``interrupted`` first.
+    """
     with open_results(config.store) as db:
-        record = db.latest_run(config.name)
-    if record and record.get("kind") == "loop" and record.get("status") == "running":
+        record = mark_if_lost(db, db.latest_run(config.name))
+    if (record and record.get("kind") == "loop"
+            and record.get("status") in ("running", "interrupted")):
         return record
     return None
 
@@ -164,6 +250,8 @@ def execute_loop(
 
     if config.loop is None:
         raise ValueError("execute_loop needs a config with a loop section")
+    output_dir = check_output_dir(config.output_dir)  # before any work or folder
+    check_store(config.store)  # a damaged store fails now, not after the DFT
     previous = unfinished_loop(config) if resume else None
     first_round = 1
     with open_results(config.store) as db:
@@ -173,31 +261,42 @@ def execute_loop(
             first_round = len(done) + 1
         else:
             loop_id = new_run_id(config.name)
-        run_dir = Path(config.output_dir).resolve() / loop_id
-        (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        run_dir = output_dir / loop_id
+        attempt = f"{now()} {uuid4().hex[:8]}"
         db.save_run({"id": loop_id, "name": config.name, "kind": "loop", "status": "running",
+                     "attempt": attempt,
                      "config": config.redacted_dump(), "run_dir": str(run_dir),
+                     "process": this_process(), "heartbeat_at": now(), "stopped_by": None,
                      **({"started_at": now()} if previous is None
                         else {"resumed_at": now(), "resumed_from_round": first_round})})
+    (run_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    clear_stop_marker(run_dir)
     (run_dir / "config.json").write_text(json.dumps(config.redacted_dump(), indent=2))
     flow = loop_flow(config, loop_id, first_round, relax_maker, progress)
-    store = job_store(config.store)
-    with _quiet() as failures:
-        run_locally(flow, store=store,
-                    create_folders=True, root_dir=run_dir / "jobs", log=False,
-                    ensure_success=False)
+    store = RetryingJobStore.wrap(job_store(config.store), config.store.retry_seconds)
+    try:
+        with _quiet():
+            run_jobs(flow, store, config.store, run_dir / "jobs", loop_id,
+                     heartbeat(config.store, loop_id), attempt)
+        failed_jobs = [f"{f['name']}: {f['error']}"
+                       for f in job_failures(config.store, loop_id, attempt)]
+    except StoreUnavailableError as exc:
+        record_stop(config.store, loop_id, run_dir, str(exc))
+        raise
 
-    with open_results(config.store) as db:
+    def finish(db: ResultsDB) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         record = db.get_run(loop_id) or {}
-        rounds = db.rounds(loop_id)
         if record.get("status") == "running":  # a round job failed: the loop can resume
             record = dict(record, status="interrupted",
                           stopped_by="a job failed; run again to resume")
-            db.save_run({"id": loop_id, "status": "running",
-                         "failed_jobs": failures.messages})
+            db.save_run({"id": loop_id, "status": "interrupted",
+                         "stopped_by": record["stopped_by"], "failed_jobs": failed_jobs})
+        return record, db.rounds(loop_id)
+
+    record, rounds = with_db(config.store, finish)
     result = LoopResult(loop_id, run_dir, rounds, record.get("status", "?"),
                         record.get("stopped_by"),
-                        first_round if previous is not None else None, failures.messages)
+                        first_round if previous is not None else None, failed_jobs)
     (run_dir / "rounds.json").write_text(json.dumps(rounds, indent=2, default=str))
     from xtalloop.report import write_report
 
@@ -211,7 +310,7 @@ def _output_or_none(store: Any, uuid: str) -> dict[str, Any] | None:
         output = store.get_output(uuid, which="last", load=True)
     except ValueError:
         return None
-    return json.loads(json.dumps(output, cls=MontyEncoder))
+    return plain(json.loads(json.dumps(output, cls=MontyEncoder)))
 
 
 def write_run_folder(result: RunResult) -> None:
@@ -240,25 +339,10 @@ def write_run_folder(result: RunResult) -> None:
     plot_funnel(result.compositions, result.run_dir / "funnel.png")
 
 
-class _FailureLog(logging.Handler):
-    """Collects ``<job name>: <error>`` for every job jobflow reports as failed."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if " failed with exception:" in text:
-            name, _, trace = text.partition(" failed with exception:")
-            last = [line for line in trace.strip().splitlines() if line.strip()]
-            self.messages.append(f"{name}: {last[-1].strip() if last else 'unknown error'}")
-
-
 class _quiet:
-    """Silence library chatter while jobs run; collect the failures jobflow reports."""
+    """Silence library chatter while jobs run (failures are recorded in the store)."""
 
-    def __enter__(self) -> _FailureLog:
+    def __enter__(self) -> None:
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         warnings.simplefilter("ignore")
@@ -267,23 +351,12 @@ class _quiet:
             log = logging.getLogger(name)
             self._levels[name] = log.level
             log.setLevel(logging.ERROR)
-        self._failures = _FailureLog()
-        self._jobflow = logging.getLogger("jobflow.managers.local")
-        self._jobflow_state = (self._jobflow.level, self._jobflow.propagate,
-                               self._jobflow.disabled)
-        self._jobflow.setLevel(logging.INFO)
-        self._jobflow.propagate = False
-        # a logging.config.dictConfig elsewhere in the process (jobflow-remote has one)
-        # may have disabled the logger: the failures must be collected regardless
-        self._jobflow.disabled = False
-        self._jobflow.addHandler(self._failures)
-        return self._failures
+        self._jobflow = logging.getLogger("jobflow")
+        self._jobflow_level = self._jobflow.level
+        self._jobflow.setLevel(logging.WARNING)
 
     def __exit__(self, *exc: object) -> None:
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
-        self._jobflow.removeHandler(self._failures)
-        self._jobflow.setLevel(self._jobflow_state[0])
-        self._jobflow.propagate = self._jobflow_state[1]
-        self._jobflow.disabled = self._jobflow_state[2]
+        self._jobflow.setLevel(self._jobflow_level)
         self._warnings.__exit__(*exc)

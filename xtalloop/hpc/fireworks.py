@@ -10,6 +10,7 @@ they finish.
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,8 +129,11 @@ def fireworks_status(config: RunConfig, run_id: str) -> dict[str, Any]:
     -------
     dict
         ``counts`` (``waiting``, ``running``, ``completed``, ``failed``,
-        ``cancelled``), ``states`` (FireWorks' own counts) and ``failed``
-        (``{"id", "name", "error"}`` per failed job).
+        ``cancelled``), ``states`` (FireWorks' own counts), ``failed``
+        (``{"id", "name", "error"}`` per failed job) and ``running``
+        (``{"id", "name", "host", "launch_dir", "last_seen"}`` per running job:
+        ``last_seen`` is how many seconds ago its worker last pinged; a queue job
+        killed by the scheduler stops pinging, see :func:`rerun_failed_fireworks`).
     """
     launchpad = launchpad_for(config)
     doc = _workflow(launchpad, run_id)
@@ -142,7 +146,28 @@ def fireworks_status(config: RunConfig, run_id: str) -> dict[str, Any]:
     for fw in launchpad.fireworks.find({"fw_id": {"$in": fizzled}}, {"fw_id": 1, "name": 1}):
         failed.append({"id": fw["fw_id"], "name": fw["name"],
                        "error": _last_error(launchpad, fw["fw_id"])})
-    return {"counts": dict(counts), "states": dict(states), "failed": failed}
+    return {"counts": dict(counts), "states": dict(states), "failed": failed,
+            "running": _running(launchpad, doc)}
+
+
+def _running(launchpad, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    ids = [int(i) for i, state in doc["fw_states"].items() if state == "RUNNING"]
+    names = {fw["fw_id"]: fw["name"]
+             for fw in launchpad.fireworks.find({"fw_id": {"$in": ids}}, {"fw_id": 1, "name": 1})}
+    now = datetime.now(timezone.utc)
+    running = []
+    for launch in launchpad.launches.find({"fw_id": {"$in": ids}, "state": "RUNNING"},
+                                          {"fw_id": 1, "host": 1, "launch_dir": 1,
+                                           "state_history": 1}):
+        seen = [h.get("updated_on") for h in launch.get("state_history", [])
+                if h.get("state") == "RUNNING" and h.get("updated_on")]
+        last = datetime.fromisoformat(seen[-1]) if seen else None
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=timezone.utc)
+        running.append({"id": launch["fw_id"], "name": names.get(launch["fw_id"], "?"),
+                        "host": launch.get("host"), "launch_dir": launch.get("launch_dir"),
+                        "last_seen": None if last is None else (now - last).total_seconds()})
+    return sorted(running, key=lambda r: r["id"])
 
 
 def _last_error(launchpad, fw_id: int) -> str:
@@ -156,14 +181,25 @@ def _last_error(launchpad, fw_id: int) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def rerun_failed_fireworks(config: RunConfig, run_id: str) -> int:
-    """Requeue every failed (fizzled) job of a run, and lost runs; returns how many."""
+def rerun_failed_fireworks(config: RunConfig, run_id: str, lost_after: float | None = None) -> int:
+    """Requeue every failed (fizzled) job of a run, and its lost runs; returns how many.
+
+    A lost run is a job left ``RUNNING`` by a worker that died without a word:
+    a queue job cancelled (``scancel``) or killed at its walltime, a node that
+    crashed. FireWorks' workers ping the LaunchPad every ``PING_TIME_SECS``;
+    a job not heard from for ``lost_after`` seconds (default: FireWorks'
+    ``RUN_EXPIRATION_SECS``, both set in ``FW_config.yaml``) is lost.
+    """
+    from fireworks.fw_config import RUN_EXPIRATION_SECS
+
+    lost = recover_lost_fireworks(config, run_id, RUN_EXPIRATION_SECS if lost_after is None
+                                  else lost_after)
     launchpad = launchpad_for(config)
     doc = _workflow(launchpad, run_id)
     ids = [int(i) for i, state in doc["fw_states"].items() if state == "FIZZLED"]
     for fw_id in ids:
         launchpad.rerun_fw(fw_id)
-    return len(ids)
+    return len(ids) + lost
 
 
 def recover_lost_fireworks(config: RunConfig, run_id: str, expiration_secs: int = 4 * 3600) -> int:

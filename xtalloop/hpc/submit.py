@@ -73,8 +73,11 @@ def submit(
 
 
 def _run_record(config: RunConfig, run_id: str | None) -> dict[str, Any]:
-    with open_results(config.store) as db:
-        record = db.get_run(run_id) if run_id else db.latest_run(config.name)
+    """The run's record; a local run whose process is gone is marked ``interrupted``."""
+    from xtalloop.run_record import mark_if_lost
+
+    with open_results(config.store, create=False) as db:  # status: never make a store
+        record = mark_if_lost(db, db.get_run(run_id) if run_id else db.latest_run(config.name))
     if record is None:
         which = f"run {run_id!r}" if run_id else f"run of {config.name!r}"
         raise StoreError(f"no {which} in {config.store.location}")
@@ -85,9 +88,11 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
     """Where a run stands: its record, job counts by state and failed jobs.
 
     For a submitted run the counts come from the engine's own state
-    (FireWorks LaunchPad, jobflow-remote queue); for a local run from its
-    record. The record's ``status`` becomes ``completed`` (or ``completed with
-    failures``) once no job is waiting or running.
+    (FireWorks LaunchPad, jobflow-remote queue); for a local run the failed
+    jobs come from the store's ``job_errors`` collection, and a ``running``
+    record whose process is gone becomes ``interrupted``. A submitted run's
+    ``status`` becomes ``completed`` (or ``completed with failures``) once no
+    job is waiting or running.
 
     Returns
     -------
@@ -98,15 +103,22 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
     """
     record = _run_record(config, run_id)
     submission = record.get("submission")
-    if submission is None:  # a local run: jobflow ran it in one process
-        failed = [{"id": None, "name": m.split(":", 1)[0], "error": m.split(":", 1)[-1].strip()}
-                  for m in record.get("failed_jobs", [])]
+    running = None  # FireWorks: the running jobs, with where they run and when last heard of
+    if submission is None:  # a local run: it ran in one process
+        from xtalloop.local_jobs import job_failures
+
+        failed = [{"id": f["uuid"], "name": f["name"], "error": f["error"]}
+                  for f in job_failures(config.store, record["id"], record.get("attempt"))]
+        if not failed and "attempt" not in record:  # recorded before job_errors existed
+            failed = [{"id": None, "name": m.split(":", 1)[0],
+                       "error": m.split(":", 1)[-1].strip()}
+                      for m in record.get("failed_jobs", [])]
         counts = None
     elif submission["engine"] == "fireworks":
         from xtalloop.hpc.fireworks import fireworks_status
 
         state = fireworks_status(config, record["id"])
-        counts, failed = state["counts"], state["failed"]
+        counts, failed, running = state["counts"], state["failed"], state["running"]
     else:
         from xtalloop.hpc.jobflow_remote import jobflow_remote_status
 
@@ -123,20 +135,26 @@ def run_status(config: RunConfig, run_id: str | None = None) -> dict[str, Any]:
                 record = {**record, "status": status, "finished_at": now()}
                 db.save_run(record)
     return {"run": record, "counts": counts, "failed": failed, "validated": validated,
-            "rounds": rounds}
+            "rounds": rounds, **({"running": running} if running is not None else {})}
 
 
-def rerun_failed(config: RunConfig, run_id: str | None = None) -> int:
-    """Requeue the failed jobs of a submitted run; returns how many were requeued."""
+def rerun_failed(config: RunConfig, run_id: str | None = None,
+                 lost_after: float | None = None) -> int:
+    """Requeue the failed jobs of a submitted run; returns how many were requeued.
+
+    For FireWorks this includes lost runs: jobs whose worker has not pinged for
+    ``lost_after`` seconds (see :func:`~xtalloop.hpc.fireworks.rerun_failed_fireworks`).
+    """
     record = _run_record(config, run_id)
     submission = record.get("submission")
     if submission is None:
-        raise StoreError(f"run {record['id']!r} ran locally: run `xtalloop run` again "
-                         "(stored results are merged, never duplicated)")
+        raise StoreError(f"run {record['id']!r} ran locally: run `xtalloop run` again; it "
+                         "completes the compositions without a result (stored results are "
+                         "merged, never duplicated)")
     if submission["engine"] == "fireworks":
         from xtalloop.hpc.fireworks import rerun_failed_fireworks
 
-        n = rerun_failed_fireworks(config, record["id"])
+        n = rerun_failed_fireworks(config, record["id"], lost_after)
     else:
         from xtalloop.hpc.jobflow_remote import rerun_failed_jobflow_remote
 

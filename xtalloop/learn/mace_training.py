@@ -1,10 +1,13 @@
 """Train or fine-tune MACE models, and ensembles of them, with mace's own trainer.
 
 :class:`MaceTrainer` writes the frames to extended XYZ and runs
-``mace_run_train`` (``python -m mace.cli.run_train``) in a subprocess: from
+``mace_run_train`` in a subprocess (:mod:`xtalloop.learn.mace_run`): from
 scratch, or from a parent model's weights (``--foundation_model``, plain
 fine-tuning) when the parent is a MACE model that knows every element of the
-data. :meth:`MaceTrainer.train_ensemble` trains several members with
+data. The subprocess saves the trained model in xtalloop's native format
+(``<name>.mace.json`` plus weights, :mod:`xtalloop.models.mace_format`), which
+loads without unpickling, and the new files go on this machine's trust list
+(:mod:`xtalloop.models.trust`). :meth:`MaceTrainer.train_ensemble` trains several members with
 different seeds (and, with ``bootstrap``, on resamples of the structures);
 their spread is the uncertainty the picker can explore. The members share one
 set of per-element reference energies (E0s), fitted on all the frames.
@@ -34,6 +37,8 @@ from ase.io import write
 
 from xtalloop.errors import XtalloopError
 from xtalloop.learn.dataset import groups
+from xtalloop.models.mace_format import SUFFIX, is_native, read_description, sha256, weights_path
+from xtalloop.models.trust import UntrustedModelError, add_files, how_to_trust, is_trusted
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +91,10 @@ class MaceTrainer:
     def train(self, frames: list[Atoms], workdir: str | Path, seed: int = 0,
               parent: Path | None = None, name: str = "model",
               e0s: dict[int, float] | None = None) -> Path:
-        """Train one model on ``frames``; returns the path of the ``.model`` file.
+        """Train one model on ``frames``; returns its native ``<name>.mace.json`` file.
+
+        mace's own ``<name>.model`` pickle stays in ``workdir`` (on the trust
+        list too, for mace's tools).
 
         Parameters
         ----------
@@ -98,7 +106,8 @@ class MaceTrainer:
         seed
             mace's random seed.
         parent
-            A MACE model to fine-tune; ``None`` trains from scratch.
+            A MACE model to fine-tune (a native ``.mace.json``, or a ``.model``
+            on the trust list); ``None`` trains from scratch.
         name
             Name of the model file.
         e0s
@@ -118,8 +127,12 @@ class MaceTrainer:
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         train_file = workdir / "train.xyz"
         write(train_file, [_labelled(a) for a in frames], format="extxyz")
+        native = workdir / f"{name}{SUFFIX}"
+        for stale in (native, weights_path(native), workdir / f"{name}.model"):
+            stale.unlink(missing_ok=True)  # a failed run must not leave an old model behind
         args = [
-            sys.executable, "-m", "mace.cli.run_train", f"--name={name}",
+            sys.executable, "-m", "xtalloop.learn.mace_run", f"--native={native}",
+            *_parent_arguments(parent), "--", f"--name={name}",
             f"--train_file={train_file}", f"--valid_fraction={self.valid_fraction}",
             f"--energy_key={ENERGY_KEY}", f"--forces_key={FORCES_KEY}",
             f"--stress_key={STRESS_KEY}", f"--E0s={_e0s_argument(e0s)}", "--loss=weighted",
@@ -129,9 +142,8 @@ class MaceTrainer:
             f"--max_num_epochs={self.epochs}", f"--device={self.device}",
             "--default_dtype=float64", f"--seed={seed}", f"--work_dir={workdir}",
         ]
-        if parent is not None:
-            args += [f"--foundation_model={parent}", "--multiheads_finetuning=False",
-                     f"--lr={self.lr / 10}"]
+        if parent is not None:  # mace_run writes the parent as --foundation_model
+            args += ["--multiheads_finetuning=False", f"--lr={self.lr / 10}"]
         else:
             args += ["--model=MACE", f"--num_channels={self.num_channels}",
                      f"--max_L={self.max_L}", f"--r_max={self.r_max}",
@@ -146,20 +158,22 @@ class MaceTrainer:
         except subprocess.TimeoutExpired:
             raise XtalloopError(f"MACE training stopped after {self.timeout_s:.0f} s "
                                 f"(see {workdir})") from None
-        model = workdir / f"{name}.model"
-        if proc.returncode != 0 or not model.is_file():
+        if proc.returncode != 0 or not native.is_file():
             lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
                      if ln.strip() and " INFO: " not in ln]
             raise XtalloopError(f"MACE training failed: {lines[-1] if lines else '?'} "
                                 f"(see {workdir})")
-        logger.info("trained %s on %d frames in %.0f s", model, len(frames),
+        # trained on this machine: trusted here (the registry fetches it back only if so)
+        add_files([p for p in (native, weights_path(native), workdir / f"{name}.model")
+                   if p.is_file()], source=f"trained here: {native}")
+        logger.info("trained %s on %d frames in %.0f s", native, len(frames),
                     time.perf_counter() - start)
-        return model
+        return native
 
     def train_ensemble(self, frames: list[Atoms], workdir: str | Path, size: int = 3,
                        seed: int = 0, parents: list[Path] | None = None,
                        bootstrap: bool | None = None) -> Path:
-        """Train ``size`` members into ``workdir/ensemble/member_<i>.model``.
+        """Train ``size`` members into ``workdir/ensemble/member_<i>.mace.json`` (+ weights).
 
         Member ``i`` trains with seed ``seed + i`` on all the frames or, with
         ``bootstrap`` (``None``: the trainer's setting), on a bootstrap
@@ -187,12 +201,35 @@ class MaceTrainer:
             parent = parents[i % len(parents)] if parents else None
             model = self.train(subset, workdir / f"member_{i}", seed=seed + i,
                                parent=parent, name=f"member_{i}", e0s=e0s)
-            model.replace(out / f"member_{i}.model")
+            weights_path(model).replace(out / weights_path(model).name)
+            model.replace(out / model.name)
         return out
 
     def settings(self) -> dict:
         """The settings as a plain dict, for the model registry."""
         return asdict(self)
+
+
+def _parent_arguments(parent: Path | None) -> list[str]:
+    """How :mod:`xtalloop.learn.mace_run` gets the model to fine-tune.
+
+    A native description is passed as is; a ``.model`` pickle only with the
+    sha256 it had when checked against the trust list here, so that the
+    training process unpickles exactly the bytes the user trusted.
+    """
+    if parent is None:
+        return []
+    parent = Path(parent)
+    if is_native(parent):
+        read_description(parent)  # a damaged parent fails here, in one line
+        return [f"--parent-native={parent.resolve()}"]
+    if not parent.is_file():
+        raise XtalloopError(f"MACE model file not found: {parent}")
+    digest = sha256(parent)
+    if not is_trusted(digest):
+        raise UntrustedModelError(f"{parent}: not on this machine's trust list; to fine-tune "
+                                  f"from it run `{how_to_trust(parent)}`")
+    return [f"--parent-model={parent.resolve()}", f"--parent-sha256={digest}"]
 
 
 def fit_e0s(frames: list[Atoms]) -> dict[int, float]:

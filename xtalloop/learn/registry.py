@@ -7,7 +7,10 @@ parent's on the same held-out data, and whether it was promoted. The model
 files themselves live in the ``model_files`` collection as base64 chunks, so a
 model travels with the store (embedded folder or MongoDB) to wherever the next
 prefilter job runs; :meth:`ModelRegistry.fetch` writes them back to a local
-cache folder, checking their sha256.
+cache folder, checking their sha256. Only xtalloop's native model format is
+stored (loading it runs no code from the files), and a machine uses a stored
+model only if its digests are on its own trust list
+(:mod:`xtalloop.models.trust`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +52,21 @@ class ModelRegistry:
 
     def register(self, model_dir: Path, *, parent: str, metrics: dict[str, Any],
                  parent_metrics: dict[str, Any], promoted: bool, **record: Any) -> str:
-        """Store the ``*.model`` files of ``model_dir`` and their record; returns the new id.
+        """Store the native model files of ``model_dir`` and their record; returns the new id.
 
-        ``record`` holds the rest of the entry: ``settings_key``,
-        ``training_structures``, ``n_frames``, ``trainer``, ``seeds``, ``run``…
+        Only xtalloop's native format is stored (``*.mace.json`` and their
+        ``*.mace.pt`` weights, :mod:`xtalloop.models.mace_format`), never a
+        pickled ``.model``: whoever fetches a model from a shared store must be
+        able to load it without running code from it. ``record`` holds the
+        rest of the entry: ``settings_key``, ``training_structures``,
+        ``n_frames``, ``trainer``, ``seeds``, ``run``…
         """
-        files = sorted(Path(model_dir).glob("*.model"))
-        if not files:
-            raise XtalloopError(f"no *.model files in {model_dir}")
+        from xtalloop.models.mace_format import SUFFIX, weights_path
+
+        descriptions = sorted(Path(model_dir).glob(f"*{SUFFIX}"))
+        if not descriptions:
+            raise XtalloopError(f"no native MACE model files (*{SUFFIX}) in {model_dir}")
+        files = sorted([*descriptions, *(weights_path(p) for p in descriptions)])
         model_id = f"mace-{self._next_number()}"
         entries = []
         for path in files:
@@ -116,39 +127,93 @@ class ModelRegistry:
     def fetch(self, model_id: str, into: Path | None = None) -> Path:
         """The folder holding ``model_id``'s files (written there from the store if needed).
 
+        Anyone who can write to a shared store can put files there, so a
+        model is fetched only if every file's sha256 is on this machine's
+        trust list (:mod:`xtalloop.models.trust`: models trained here, or
+        added by ``xtalloop model trust ID``) and the stored bytes have
+        exactly that digest.
+
         Raises
         ------
+        UntrustedModelError
+            If a file's digest is not on the local trust list.
         XtalloopError
             If a stored file is incomplete or its sha256 does not match.
         """
+        from xtalloop.models.trust import UntrustedModelError, how_to_trust, trusted
+
         record = self.get(model_id)
+        known = trusted()
+        if not record.get("files") or any(f.get("sha256") not in known for f in record["files"]):
+            raise UntrustedModelError(
+                f"model {model_id} in the store is not on this machine's trust list; after "
+                f"reviewing it (xtalloop model list) run `{how_to_trust(model_id)}` with the "
+                "same store options")
         # ids are per store: the folder name carries the content's digest too, so two
         # stores' "mace-1" never share a folder (nor a cached loaded model)
         digest = hashlib.sha256("".join(f["sha256"] for f in record["files"]).encode())
         folder = (into or cache_dir()) / f"{model_id}-{digest.hexdigest()[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
-        for entry in record["files"]:
-            path = folder / entry["name"]
-            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]:
-                continue
+        names = [f["name"] for f in record["files"]]
+        if any(not isinstance(n, str) or Path(n).name != n or n.startswith(".") for n in names):
+            raise XtalloopError(f"model {model_id}: a stored file name is not a plain file name")
+        cached = all((folder / f["name"]).is_file() and hashlib.sha256(
+            (folder / f["name"]).read_bytes()).hexdigest() == f["sha256"] for f in record["files"])
+        if cached:
+            return folder
+        for name, data in self.stored_files(model_id).items():
+            # a private temporary name: parallel jobs may fetch the same model at once
+            fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(partial, folder / name)
+        return folder
+
+    def stored_files(self, model_id: str) -> dict[str, bytes]:
+        """Each stored file of ``model_id`` by name, checked against its record.
+
+        Raises
+        ------
+        XtalloopError
+            If a stored file is incomplete or its sha256 does not match.
+        """
+        out = {}
+        for entry in self.get(model_id)["files"]:
             chunks = sorted(self.db.store(MODEL_FILES).query(
                 {"model_id": model_id, "file": entry["name"]}), key=lambda d: d["chunk"])
             data = b"".join(base64.b64decode(c["data"]) for c in chunks)
             if len(chunks) != entry["chunks"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise XtalloopError(f"model {model_id}: stored file {entry['name']} is damaged "
                                     f"({len(chunks)}/{entry['chunks']} chunks)")
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(data)
-            partial.replace(path)
-        return folder
+            out[entry["name"]] = data
+        return out
+
+    def trust(self, model_id: str) -> list[str]:
+        """Put the digests of ``model_id``'s stored files on this machine's trust list.
+
+        Only for a model the user has reviewed: from then on :meth:`fetch`
+        hands it out here. Returns the digests.
+        """
+        from xtalloop.models.trust import add
+
+        digests = [hashlib.sha256(data).hexdigest()
+                   for data in self.stored_files(model_id).values()]
+        add(digests, source=f"registry model {model_id}")
+        return digests
 
     def _next_promotion(self) -> int:
+        """The next promotion number, allocated atomically (two promotions never share one)."""
         docs = self.db.store(MODELS).query({"promoted": True}, properties=["promotion"])
-        return max((d["promotion"] for d in docs), default=0) + 1
+        floor = max((d["promotion"] or 0 for d in docs), default=0)
+        return self.db.next_counter("model_promotion", floor)
 
     def _next_number(self) -> int:
+        """The next model number, allocated atomically: two trainings never both get ``mace-3``.
+
+        ``floor`` covers registries written before the counter existed.
+        """
         numbers = [d["number"] for d in self.db.store(MODELS).query({}, properties=["number"])]
-        return max(numbers, default=0) + 1
+        return self.db.next_counter("model_number", max(numbers, default=0))
 
 
 def should_promote(metrics: dict[str, Any], parent_metrics: dict[str, Any]) -> tuple[bool, str]:

@@ -179,8 +179,12 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     ----------
     spec
         ``"chgnet"`` (pretrained, offline), ``"emt"`` (ASE's effective-medium
-        theory, for tests), a path to a MACE model file (``*.model``), or a
-        directory whose ``*.model`` files form a MACE ensemble.
+        theory, for tests), a path to a MACE model file, or a directory whose
+        model files form a MACE ensemble. xtalloop's native ``*.mace.json``
+        files (a description plus weights-only state dict) load safely; a
+        pickled ``*.model`` file loads only if its sha256 is on the local
+        trust list (``xtalloop model trust PATH``), since unpickling it can
+        run code. A directory's ``*.mace.json`` files are used if it has any.
     device
         Torch device for neural-network models.
     dtype
@@ -191,9 +195,10 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     Raises
     ------
     XtalloopError
-        If the name is unknown, a model file is missing or not a MACE model,
-        or the directory holds no ``*.model`` file.
+        If the name is unknown, a model file is missing, untrusted or not a
+        MACE model, or the directory holds no model file.
     """
+    from xtalloop.models.mace_format import SUFFIX, is_native
     from xtalloop.models.mace_model import MaceModel
 
     key = spec.strip()
@@ -206,13 +211,13 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
         return AseCalculatorModel(EMT, name="emt", version=f"ase {ase.__version__}")
     path = Path(key).expanduser()
     if path.is_dir():
-        members = sorted(path.glob("*.model"))
+        members = sorted(path.glob(f"*{SUFFIX}")) or sorted(path.glob("*.model"))
         if not members:
-            raise XtalloopError(f"no MACE *.model files in directory {path}")
+            raise XtalloopError(f"no MACE model files (*{SUFFIX} or *.model) in directory {path}")
         return MaceModel(members, device=device, dtype=dtype)
-    if path.suffix in {".model", ".pt", ".pth"}:
+    if is_native(path) or path.suffix in {".model", ".pt", ".pth"}:
         return MaceModel([path], device=device, dtype=dtype)
     raise XtalloopError(
-        f"unknown energy model {spec!r}: use 'chgnet', 'emt', a MACE .model file "
-        "or a directory of them"
+        f"unknown energy model {spec!r}: use 'chgnet', 'emt', a MACE model file "
+        f"(*{SUFFIX}, or a trusted .model) or a directory of them"
     )

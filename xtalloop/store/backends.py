@@ -39,7 +39,7 @@ INDEXES: dict[str, tuple[str, ...]] = {
 }
 
 
-def collection_store(config: StoreConfig, collection: str) -> Store:
+def collection_store(config: StoreConfig, collection: str, create: bool = True) -> Store:
     """An unconnected maggma store for one collection of the configured database.
 
     Parameters
@@ -49,9 +49,12 @@ def collection_store(config: StoreConfig, collection: str) -> Store:
     collection
         Collection name; xtalloop's own collections get their query indexes
         (:data:`INDEXES`) created on connect.
+    create
+        Embedded: create the store if missing. ``False`` (reading commands)
+        raises :class:`StoreError` for a missing store and writes nothing.
     """
     if config.backend == "embedded":
-        return _embedded_store(config, collection)
+        return _embedded_store(config, collection, create)
     if config.backend == "mongodb":
         return XtalloopMongoStore(
             database=config.database, collection_name=collection, uri=config.uri,
@@ -77,36 +80,130 @@ def job_store(config: StoreConfig) -> JobStore:
     return JobStore(collection_store(config, "jobs"), additional_stores={"data": data})
 
 
-def _embedded_store(config: StoreConfig, collection: str) -> MontyStore:
+def _embedded_store(config: StoreConfig, collection: str, create: bool) -> XtalloopMontyStore:
     path = config.resolved_path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the embedded store at {path}: {exc.strerror}") from None
-    _remove_empty_collection_file(path / DATABASE_NAME / f"{collection}.collection")
-    return MontyStore(
-        collection, database_path=str(path), database_name=DATABASE_NAME, storage="sqlite"
-    )
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the embedded store at {path}: {exc.strerror}"
+                             ) from None
+    elif not (path / DATABASE_NAME).is_dir():
+        raise StoreError(f"no xtalloop store at {path} (nothing was stored there yet: "
+                         "check the store path)")
+    return XtalloopMontyStore(collection, database_path=str(path), database_name=DATABASE_NAME,
+                              storage="sqlite", create=create)
 
 
-def _remove_empty_collection_file(path: Path) -> None:
-    """Delete a collection file without a table (holds nothing; montydb would fail on it).
+class XtalloopMontyStore(MontyStore):
+    """maggma ``MontyStore`` that checks its file, writes nothing to read, and fails in one line.
 
-    montydb's sqlite backend creates such a file when documents are deleted from
-    a collection that does not exist yet, and then takes the collection for
-    existing: every later query fails with ``no such table: documents``.
+    maggma's ``connect`` rewrites montydb's two settings files on every
+    connection, which a concurrent reader can catch half-written and which
+    fails in a read-only folder; this one writes them only when missing, and
+    atomically. The collection file is checked on connect
+    (:func:`~xtalloop.store.health.check_collection`), and an SQLite error
+    while reading or writing becomes one :class:`StoreError` naming the file.
+
+    Parameters
+    ----------
+    create
+        Create the store folder, settings and collection file if missing
+        (writers); ``False`` opens an existing store only, writing nothing.
+    collection_name, database_path, database_name, storage, storage_kwargs, client_kwargs
+        As for ``MontyStore``.
+    **kwargs
+        Passed to ``MontyStore``.
     """
-    import sqlite3
 
-    if not path.is_file():
-        return
-    try:
-        with sqlite3.connect(path) as conn:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.Error:
-        return  # not ours to judge: let montydb report it
-    if tables == 0:
-        path.unlink(missing_ok=True)
+    def __init__(self, collection_name: str, database_path: str | None = None,
+                 database_name: str = "db", storage: str = "sqlite",
+                 storage_kwargs: dict | None = None, client_kwargs: dict | None = None,
+                 create: bool = True, **kwargs: Any) -> None:
+        self.create = create
+        super().__init__(collection_name, database_path=database_path,
+                         database_name=database_name, storage=storage,  # type: ignore[arg-type]
+                         storage_kwargs=storage_kwargs, client_kwargs=client_kwargs, **kwargs)
+
+    @property
+    def collection_file(self) -> Path:
+        """``<store>/<database>/<collection>.collection``."""
+        return Path(self.database_path) / self.database_name / f"{self.collection_name}.collection"
+
+    def connect(self, force_reset: bool = False) -> None:
+        """Open the collection; see the class docstring."""
+        from montydb import MontyClient
+
+        from xtalloop.store.health import check_collection, new_collection_file, read_only
+
+        if self._coll is not None and not force_reset:
+            return
+        root = Path(self.database_path)
+        if not (root / ".monty.storage").is_file():
+            if not self.create:
+                raise StoreError(f"no xtalloop store at {root} (montydb's .monty.storage is "
+                                 "missing)")
+            self._write_settings(root)
+        check_collection(self.collection_file, root, heal=True)
+        folder = self.collection_file.parent
+        writable = not folder.is_dir() or os.access(folder, os.W_OK)
+        if writable and not self.collection_file.exists():
+            # made here, whole, not by montydb's first write: two processes' first writes
+            # race, and one would see the other's file before its table exists
+            new_collection_file(self.collection_file)
+        with self._sqlite_errors():
+            client = MontyClient(self.database_path, **self.client_kwargs)
+            if not writable:
+                read_only(client)  # an archived store: still readable
+            self._coll = client[self.database_name][self.collection_name]
+
+    def _write_settings(self, root: Path) -> None:
+        """montydb's settings files, written beside the store and renamed into place."""
+        import tempfile
+
+        from montydb import set_storage
+
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root, prefix=".settings-") as tmp:
+                set_storage(tmp, storage=self.storage, **self.storage_kwargs)
+                # the config first: a reader that sees .monty.storage then reads it
+                for name in ("monty.storage.cfg", ".monty.storage"):
+                    os.replace(Path(tmp) / name, root / name)
+        except OSError as exc:
+            raise StoreError(f"cannot create the embedded store at {root}: {exc.strerror}"
+                             ) from None
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        import sqlite3
+
+        from xtalloop.store.health import sqlite_error
+
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise sqlite_error(self.collection_file, exc) from None
+
+    def query(self, *args: Any, **kwargs: Any) -> Iterator[dict]:
+        with self._sqlite_errors():
+            yield from super().query(*args, **kwargs)
+
+    def count(self, *args: Any, **kwargs: Any) -> int:
+        with self._sqlite_errors():
+            return super().count(*args, **kwargs)
+
+    def distinct(self, *args: Any, **kwargs: Any) -> list:
+        with self._sqlite_errors():
+            return super().distinct(*args, **kwargs)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        with self._sqlite_errors():
+            super().update(*args, **kwargs)
+
+    def remove_docs(self, *args: Any, **kwargs: Any) -> None:
+        with self._sqlite_errors():
+            super().remove_docs(*args, **kwargs)
 
 
 # -- MongoDB ------------------------------------------------------------------------

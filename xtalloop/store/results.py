@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,7 +13,17 @@ from pymatgen.core import Composition, Structure
 
 from xtalloop.config import StoreConfig
 from xtalloop.errors import StoreError
-from xtalloop.store.backends import collection_store
+from xtalloop.store.backends import DATABASE_NAME, collection_store
+from xtalloop.store.documents import (
+    REFERENCE_KEPT,
+    VALIDATED_KEPT,
+    ReferencePhase,
+    ValidatedStructure,
+    is_better,
+    merge_result,
+    result_part,
+    validated,
+)
 
 VALIDATED = "validated"
 REFERENCES = "references"
@@ -22,6 +31,8 @@ RUNS = "runs"
 CHECKPOINTS = "checkpoints"
 COMPOSITION_RESULTS = "composition_results"
 ROUNDS = "rounds"
+LOCKS = "locks"
+COUNTERS = "counters"
 
 
 def now() -> str:
@@ -41,22 +52,29 @@ class ResultsDB:
     one already stored for the same formula and DFT settings (pymatgen's
     ``StructureMatcher``) is merged into it. The stored result is replaced only
     by a converged calculation of lower energy, and the replaced result is kept
-    in the document's ``previous_results``.
+    in the document's ``previous_results``. Documents are checked against
+    their schemas (:mod:`xtalloop.store.documents`), and every look-then-write
+    holds the lock of its group (:meth:`lock`), so concurrent workers never
+    duplicate a structure nor lose a run from ``found_in_runs``.
 
     Parameters
     ----------
     config
         Which backend and where.
+    create
+        Create an embedded store that does not exist yet (``False``: reading
+        commands, which say there is no store instead and write nothing).
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, create: bool = True) -> None:
         self.config = config
+        self.create = create
         self._stores: dict[str, Store] = {}
 
     def store(self, name: str) -> Store:
         """The connected maggma store of one collection."""
         if name not in self._stores:
-            store = collection_store(self.config, name)
+            store = collection_store(self.config, name, create=self.create)
             try:
                 store.connect()
             except StoreError:
@@ -65,6 +83,53 @@ class ResultsDB:
                 raise StoreError(f"cannot open the {name!r} collection: {exc}") from None
             self._stores[name] = store
         return self._stores[name]
+
+    def check(self) -> None:
+        """Fail in one line now if the store cannot be used, before any expensive work.
+
+        Embedded: every collection file is checked (a damaged one is named,
+        with what to do); MongoDB: the server answers and accepts the
+        credentials.
+
+        Raises
+        ------
+        StoreError
+            What is wrong, in one line.
+        """
+        if self.config.backend == "embedded":
+            from xtalloop.store.health import check_store_files
+
+            path = self.config.resolved_path
+            if not self.create and not (path / DATABASE_NAME).is_dir():
+                raise StoreError(f"no xtalloop store at {path}")
+            check_store_files(path, DATABASE_NAME)
+        self.store(RUNS)
+
+    def lock(self, scope: str, key: str) -> AbstractContextManager[None]:
+        """The store-wide lock of ``key`` in ``scope`` (see :mod:`xtalloop.store.locking`)."""
+        from xtalloop.store.locking import store_lock
+
+        return store_lock(self, scope, key)
+
+    def next_counter(self, name: str, floor: int = 0) -> int:
+        """Allocate the next number of counter ``name``: unique across processes, never reused.
+
+        ``floor`` is the largest number already in use (for stores written
+        before the counter existed): the result is always above it.
+        """
+        from xtalloop.store.locking import next_counter
+
+        return next_counter(self, name, floor)
+
+    @contextmanager
+    def _raw(self, name: str) -> Iterator[None]:
+        """Around direct use of a collection's ``_collection``: SQLite errors as one line."""
+        store = self.store(name)
+        if hasattr(store, "_sqlite_errors"):
+            with store._sqlite_errors():
+                yield
+        else:
+            yield
 
     def close(self) -> None:
         """Close every open collection."""
@@ -86,53 +151,57 @@ class ResultsDB:
         Parameters
         ----------
         doc
-            Needs ``formula``, ``structure`` (a ``Structure`` dict),
-            ``energy_per_atom``, ``dft.settings_key``, ``dft.converged`` and ``run.id``.
+            A :class:`~xtalloop.store.documents.ValidatedStructure`: needs
+            ``formula``, ``structure`` (a ``Structure`` dict),
+            ``energy_per_atom``, ``dft.settings_key``, ``dft.converged`` and
+            ``run.id``; any other field is kept.
 
         Returns
         -------
         (uuid, outcome)
-            ``outcome`` is ``"new"``, ``"improved"`` (replaced by a lower
-            converged energy) or ``"duplicate"`` (already known; run recorded).
+            ``outcome`` is ``"new"``, ``"improved"`` (the whole result replaced
+            by a lower converged energy, the old one kept in
+            ``previous_results``) or ``"duplicate"`` (already known; run recorded).
         """
-        store = self.store(VALIDATED)
+        doc = validated(ValidatedStructure, doc)
         structure = Structure.from_dict(doc["structure"])
         key = doc["dft"]["settings_key"]
+        store = self.store(VALIDATED)
         matcher = StructureMatcher()
-        for old in store.query({"formula": doc["formula"], "dft.settings_key": key}):
-            if not matcher.fit(structure, Structure.from_dict(old["structure"])):
-                continue
-            runs = sorted(set(old.get("found_in_runs", [])) | {doc["run"]["id"]})
-            update = {k: v for k, v in old.items() if k != "_id"}
-            update["found_in_runs"] = runs
-            better = doc["dft"]["converged"] and (
-                not old["dft"]["converged"]
-                or doc["energy_per_atom"] < old["energy_per_atom"] - 1e-6
-            )
-            if better:
-                kept = {k: old[k] for k in _RESULT_FIELDS if k in old}
-                update.update({k: v for k, v in doc.items() if k in _RESULT_FIELDS})
-                update["previous_results"] = [*old.get("previous_results", []), kept]
-            update["updated_at"] = now()
-            store.update([update], key="uuid")
-            return old["uuid"], "improved" if better else "duplicate"
-        new = dict(doc)
-        new.setdefault("uuid", str(uuidlib.uuid4()))
-        new["found_in_runs"] = [doc["run"]["id"]]
-        new["created_at"] = new["updated_at"] = now()
-        store.update([new], key="uuid")
+        with self.lock(VALIDATED, f"{doc['formula']}|{key}"), self._raw(VALIDATED):
+            for old in store.query({"formula": doc["formula"], "dft.settings_key": key}):
+                if not matcher.fit(structure, Structure.from_dict(old["structure"])):
+                    continue
+                better = is_better(doc, old)
+                _, update = merge_result(old, doc, VALIDATED_KEPT, better, now())
+                store._collection.update_one({"uuid": old["uuid"]}, update)
+                return old["uuid"], "improved" if better else "duplicate"
+            new = {k: v for k, v in doc.items() if k != "previous_results"}
+            new["found_in_runs"] = [doc["run"]["id"]]
+            new["created_at"] = new["updated_at"] = now()
+            store._collection.insert_one(new)
         return new["uuid"], "new"
 
     def set_e_above_hull(self, values: dict[str, float]) -> None:
-        """Update the energy above hull of stored structures (uuid → eV/atom)."""
+        """Update the energy above hull of stored structures (uuid → eV/atom).
+
+        Only that field is set (``$set``), so a concurrent merge into the same
+        document is never undone; the embedded store's per-document update is
+        a read-modify-write, so there it holds each document's group lock.
+        """
         store = self.store(VALIDATED)
-        docs = []
-        for doc in store.query({"uuid": {"$in": list(values)}}):
-            doc.pop("_id", None)
-            doc["e_above_hull"] = values[doc["uuid"]]
-            docs.append(doc)
-        if docs:
-            store.update(docs, key="uuid")
+        with self._raw(VALIDATED):
+            groups: dict[str, list[str]] = {}
+            for doc in store.query({"uuid": {"$in": list(values)}},
+                                   properties=["uuid", "formula", "dft.settings_key"]):
+                groups.setdefault(f"{doc['formula']}|{doc['dft']['settings_key']}",
+                                  []).append(doc["uuid"])
+            for group in sorted(groups):
+                embedded = self.config.backend == "embedded"
+                with self.lock(VALIDATED, group) if embedded else nullcontext():
+                    for uuid in groups[group]:
+                        store._collection.update_one(
+                            {"uuid": uuid}, {"$set": {"e_above_hull": float(values[uuid])}})
 
     def find_validated(
         self,
@@ -190,15 +259,24 @@ class ResultsDB:
         return None if doc is None else {k: v for k, v in doc.items() if k != "_id"}
 
     def add_reference(self, doc: dict[str, Any]) -> None:
-        """Store a reference phase; a lower-energy one replaces a higher one, never the reverse."""
-        old = self.get_reference(doc["element"], doc["settings_key"])
-        if old is not None and old["energy_per_atom"] <= doc["energy_per_atom"]:
-            return
-        new = dict(doc, key=f"{doc['element']}:{doc['settings_key']}", created_at=now())
-        if old is not None:
-            new["previous_results"] = [*old.get("previous_results", []),
-                                       {k: old[k] for k in ("energy_per_atom", "structure")}]
-        self.store(REFERENCES).update([new], key="key")
+        """Store a reference phase; a lower-energy one replaces a higher one, never the reverse.
+
+        ``doc`` is a :class:`~xtalloop.store.documents.ReferencePhase`; a
+        replaced result (every result field) is kept in ``previous_results``.
+        """
+        doc = validated(ReferencePhase, doc)
+        store = self.store(REFERENCES)
+        with self.lock(REFERENCES, doc["key"]), self._raw(REFERENCES):
+            old = store._collection.find_one({"key": doc["key"]})
+            if old is not None and old["energy_per_atom"] <= doc["energy_per_atom"]:
+                return
+            new = {k: v for k, v in doc.items() if k != "previous_results"}
+            new["created_at"] = new["updated_at"] = now()
+            if old is not None:
+                new["created_at"] = old.get("created_at", new["created_at"])
+                new["previous_results"] = [*old.get("previous_results", []),
+                                           result_part(old, REFERENCE_KEPT)]
+            store._collection.replace_one({"key": doc["key"]}, new, upsert=True)
 
     # -- runs -------------------------------------------------------------------
 
@@ -221,9 +299,18 @@ class ResultsDB:
             self.store(CHECKPOINTS).remove_docs({"job_uuid": job_uuid})
 
     def save_run(self, doc: dict[str, Any]) -> None:
-        """Insert a run record, or update the fields ``doc`` gives (keyed by ``id``)."""
-        old = self.get_run(doc["id"]) or {}
-        self.store(RUNS).update([{**old, **doc, "updated_at": now()}], key="id")
+        """Insert a run record, or update the fields ``doc`` gives (keyed by ``id``).
+
+        Only those fields are set (``$set``), so two processes updating
+        different fields of one record (a run and ``xtalloop status``) keep both.
+        """
+        from monty.json import jsanitize
+
+        fields = jsanitize({**doc, "updated_at": now()}, allow_bson=True)
+        embedded = self.config.backend == "embedded"
+        with self.lock(RUNS, doc["id"]) if embedded else nullcontext(), self._raw(RUNS):
+            self.store(RUNS)._collection.update_one({"id": doc["id"]}, {"$set": fields},
+                                                    upsert=True)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """A run record by id."""
@@ -273,46 +360,10 @@ class ResultsDB:
     # -- statistics -------------------------------------------------------------
 
     def stats(self, stable_within: float = 0.1) -> dict[str, Any]:
-        """Counts of the stored results, for ``xtalloop db stats``.
+        """Counts of the stored results (:func:`~xtalloop.store.stats.store_stats`)."""
+        from xtalloop.store.stats import store_stats
 
-        Returns
-        -------
-        dict
-            ``validated`` (total), ``stable`` (at most ``stable_within`` eV/atom
-            above the hull), ``unconverged``, and counts ``by_chemsys``,
-            ``by_arity`` (number of elements), ``by_run`` and ``by_dft_code``
-            of validated structures; ``references`` (count) and
-            ``runs_by_status``.
-        """
-        from collections import Counter
-
-        fields = ["chemsys", "nelements", "found_in_runs", "e_above_hull", "dft.converged",
-                  "dft.code"]
-        docs = list(self.store(VALIDATED).query({}, properties=fields))
-        by_run: Counter = Counter()
-        for doc in docs:
-            by_run.update(doc.get("found_in_runs", []))
-        runs = list(self.store(RUNS).query({}, properties=["status"]))
-        return {
-            "validated": len(docs),
-            "stable": sum(1 for d in docs if d.get("e_above_hull") is not None
-                          and d["e_above_hull"] <= stable_within),
-            "stable_within": stable_within,
-            "unconverged": sum(1 for d in docs if not d.get("dft", {}).get("converged")),
-            "by_chemsys": dict(sorted(Counter(d["chemsys"] for d in docs).items())),
-            "by_arity": dict(sorted(Counter(int(d["nelements"]) for d in docs).items())),
-            "by_run": dict(sorted(by_run.items())),
-            "by_dft_code": dict(sorted(Counter(d.get("dft", {}).get("code", "?")
-                                               for d in docs).items())),
-            "references": self.store(REFERENCES).count(),
-            "runs_by_status": dict(sorted(Counter(r.get("status", "?") for r in runs).items())),
-        }
-
-
-_RESULT_FIELDS = (
-    "structure", "initial_structure", "energy", "energy_per_atom", "forces", "stress",
-    "space_group", "space_group_number", "dft", "generator", "prefilter", "run",
-)
+        return store_stats(self, stable_within)
 
 
 def _subsystems(elements: list[str]) -> list[str]:
@@ -322,10 +373,23 @@ def _subsystems(elements: list[str]) -> list[str]:
 
 
 @contextmanager
-def open_results(config: StoreConfig) -> Iterator[ResultsDB]:
-    """``with open_results(cfg) as db:`` — a :class:`ResultsDB` closed on exit."""
-    db = ResultsDB(config)
+def open_results(config: StoreConfig, create: bool = True) -> Iterator[ResultsDB]:
+    """``with open_results(cfg) as db:`` — a :class:`ResultsDB` closed on exit.
+
+    ``create=False``: for reading commands; a missing embedded store is a
+    one-line :class:`StoreError`, and nothing is created.
+    """
+    db = ResultsDB(config, create=create)
     try:
         yield db
     finally:
         db.close()
+
+
+def check_store(config: StoreConfig) -> None:
+    """Fail in one line if the store is damaged or unreachable (see :meth:`ResultsDB.check`).
+
+    Runs call it before generating anything, so a broken store costs seconds, not a run.
+    """
+    with open_results(config) as db:
+        db.check()

@@ -10,6 +10,7 @@ from typing import Any
 from jobflow import Maker, job
 
 from xtalloop.learn.mace_training import MaceTrainer
+from xtalloop.workflows.outputs import EnergyModelTraining, GeneratorTraining
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,13 @@ class EnergyModelTrainingMaker(Maker):
     seed: int = 0
     run: dict[str, Any] = field(default_factory=dict)
 
-    @job
-    def make(self, after: Any = None) -> dict[str, Any]:
+    @job(output_schema=EnergyModelTraining)
+    def make(self, after: Any = None) -> EnergyModelTraining:
         """Train, test and register; ``after`` only orders the job after the validations.
 
         Returns
         -------
-        dict
+        EnergyModelTraining
             ``model_id`` (``None`` when skipped), ``parent``, ``promoted``,
             ``reason``, ``metrics``, ``parent_metrics``, ``n_frames`` and
             ``n_structures`` (train/holdout).
@@ -95,7 +96,7 @@ class EnergyModelTrainingMaker(Maker):
             reason = (f"{n_structures} DFT structure(s) in the store, "
                       f"{self.min_structures} needed")
             logger.info("energy model not trained: %s", reason)
-            return {"model_id": None, "promoted": False, "reason": reason}
+            return EnergyModelTraining(reason=reason)
 
         train, holdout = split_frames(frames, self.holdout_fraction)
         holdout = covered(holdout, elements_of(train))  # a new element cannot be tested yet
@@ -125,13 +126,13 @@ class EnergyModelTrainingMaker(Maker):
                 trainer=self.trainer.settings(), ensemble_size=self.ensemble_size,
                 seeds=[self.seed + i for i in range(self.ensemble_size)], run=self.run)
         logger.info("energy model %s: %s", model_id, reason)
-        return {
-            "model_id": model_id, "parent": parent_id or parent_spec, "promoted": promoted,
-            "reason": reason, "fine_tuned": bool(foundation), "metrics": metrics,
-            "parent_metrics": parent_metrics,
-            "n_frames": {"train": len(train), "holdout": len(holdout)},
-            "n_structures": {"train": len(groups(train)), "holdout": len(groups(holdout))},
-        }
+        return EnergyModelTraining(
+            model_id=model_id, parent=parent_id or parent_spec, promoted=promoted,
+            reason=reason, fine_tuned=bool(foundation), metrics=metrics,
+            parent_metrics=parent_metrics,
+            n_frames={"train": len(train), "holdout": len(holdout)},
+            n_structures={"train": len(groups(train)), "holdout": len(groups(holdout))},
+        )
 
 
 @dataclass
@@ -168,13 +169,13 @@ class GeneratorTrainingMaker(Maker):
     seed: int = 0
     device: str = "cpu"
 
-    @job
-    def make(self, after: Any = None) -> dict[str, Any]:
+    @job(output_schema=GeneratorTraining)
+    def make(self, after: Any = None) -> GeneratorTraining:
         """Fine-tune; ``after`` only orders the job after the round's validations.
 
         Returns
         -------
-        dict
+        GeneratorTraining
             ``checkpoint`` (the new file, ``None`` when skipped), ``parent``,
             ``reason``, ``n_structures``, ``structure_ids`` and ``final_loss``.
         """
@@ -201,8 +202,8 @@ class GeneratorTrainingMaker(Maker):
             reason = (f"{len(docs)} stable structure(s) of at most {max_atoms} atoms in the "
                       f"store, {self.min_structures} needed")
             logger.info("generator not fine-tuned: %s", reason)
-            return {"checkpoint": None, "parent": self.checkpoint, "reason": reason,
-                    "n_structures": len(docs)}
+            return GeneratorTraining(parent=self.checkpoint, reason=reason,
+                                     n_structures=len(docs))
         dataset = structures_to_dataset([Structure.from_dict(d["structure"]) for d in docs])
         config = DiffusionConfig.model_validate(parent["config"])
         config = config.model_copy(update={"train": config.train.model_copy(update={
@@ -213,7 +214,8 @@ class GeneratorTrainingMaker(Maker):
                      finetune_from=self.checkpoint, progress=False)
         log = json.loads(path.with_suffix(".log.json").read_text())
         history = log.get("history") or [{}]
-        return {"checkpoint": str(path), "parent": self.checkpoint,
-                "reason": f"fine-tuned on {len(docs)} stable structures",
-                "n_structures": len(docs), "structure_ids": [d["uuid"] for d in docs],
-                "final_loss": history[-1].get("loss")}
+        return GeneratorTraining(
+            checkpoint=str(path), parent=self.checkpoint,
+            reason=f"fine-tuned on {len(docs)} stable structures",
+            n_structures=len(docs), structure_ids=[d["uuid"] for d in docs],
+            final_loss=history[-1].get("loss"))

@@ -21,6 +21,7 @@ from xtalloop.config import RunConfig, StoreConfig
 from xtalloop.dft.factory import dft_maker
 from xtalloop.dft.result import DftMaker
 from xtalloop.store.results import ResultsDB, now, open_results
+from xtalloop.workflows.outputs import LoopEnd, RoundRecord, plain
 from xtalloop.workflows.csp import (
     csp_flow_maker,
     energy_model_training_maker,
@@ -66,15 +67,15 @@ class LoopRoundMaker(Maker):
     relax_maker: DftMaker | None = None
     progress: bool = True
 
-    @job
-    def make(self, round_index: int = 1, previous: Any = None) -> Response | dict[str, Any]:
+    @job  # no output_schema: jobflow applies it to the replacing flow's reference too
+    def make(self, round_index: int = 1, previous: Any = None) -> Response | LoopEnd:
         """Plan round ``round_index`` and replace this job by it (or end the loop).
 
         ``previous`` (the last round's record) only orders the job after it.
 
         Returns
         -------
-        Response or dict
+        Response or LoopEnd
             The round's flow followed by the next round job; or, when a
             stopping criterion holds, ``loop_id``, ``rounds_completed`` and
             ``stopped_by``.
@@ -96,8 +97,8 @@ class LoopRoundMaker(Maker):
                 db.save_run({"id": self.loop_id, "status": "completed", "stopped_by": plan.stop,
                              "finished_at": now(), "rounds_completed": len(completed)})
                 logger.info("loop %s stops: %s", self.loop_id, plan.stop)
-                return {"loop_id": self.loop_id, "rounds_completed": len(completed),
-                        "stopped_by": plan.stop}
+                return LoopEnd(loop_id=self.loop_id, rounds_completed=len(completed),
+                               stopped_by=plan.stop)
             generator = _generator_checkpoint(config, completed)
             db.save_round({
                 "loop_id": self.loop_id, "round": round_index, "run_id": run_id,
@@ -159,10 +160,10 @@ def loop_flow(config: RunConfig, loop_id: str, first_round: int = 1,
     return Flow([first], output=first.output, name=f"xtalloop loop {config.name}")
 
 
-@job
+@job(output_schema=RoundRecord)
 def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_within: float,
                  energy_model: dict[str, Any] | None = None,
-                 generator: dict[str, Any] | None = None, after: Any = None) -> dict[str, Any]:
+                 generator: dict[str, Any] | None = None, after: Any = None) -> RoundRecord:
     """Complete the record of a round: counts, hit rate, what was learned.
 
     Reads the composition results the round's validations recorded (so a
@@ -171,10 +172,12 @@ def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_w
 
     Returns
     -------
-    dict
+    RoundRecord
         The round record (see :func:`xtalloop.active_learning.summarise_round`).
     """
     from xtalloop.active_learning import summarise_round
+
+    energy_model, generator = plain(energy_model), plain(generator)
 
     run_id = round_run_id(loop_id, round_index)
     with open_results(StoreConfig(**store)) as db:
@@ -192,7 +195,8 @@ def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_w
                       compositions_validated=[r["formula"] for r in results],
                       energy_model=energy_model, generator=generator,
                       **({"energy_model_used": ", ".join(used)} if used else {}))
-        db.save_round(record)
+        output = RoundRecord(**record)
+        db.save_round(output.model_dump(mode="json"))
         db.save_run({"id": run_id, "name": f"{record.get('name', loop_id)} round",
                      "kind": "round",
                      "loop": loop_id, "round": round_index, "status": "completed",
@@ -204,7 +208,7 @@ def record_round(store: dict[str, Any], loop_id: str, round_index: int, stable_w
     logger.info("round %d: %d DFT calls, %d stable (hit rate %s)", round_index,
                 summary["dft_calls"], summary["stable"],
                 "n/a" if hit is None else f"{hit:.0%}")
-    return record
+    return output
 
 
 def _model_label(model: dict[str, Any]) -> str:

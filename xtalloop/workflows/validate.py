@@ -16,6 +16,7 @@ from xtalloop.dft.result import DftMaker, DftParseError
 from xtalloop.hull import energies_above_hull
 from xtalloop.rankers.ml_ranker import RankedCandidate, Ranking, symmetrized_primitive
 from xtalloop.store.results import chemsys_of, open_results
+from xtalloop.workflows.outputs import CompositionValidation, plain
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def pick_relax_jobs(relax_maker: DftMaker, formula: str,
     return jobs
 
 
-@job
+@job  # returns a CompositionValidation; no output_schema, as it may replace itself
 def record_validation(
     formula: str,
     picks: list[RankedCandidate],
@@ -127,7 +128,7 @@ def record_validation(
     ml_e_above_hull: list[float] | None = None,
     reserves: list[RankedCandidate] | None = None,
     earlier: dict[str, Any] | None = None,
-) -> dict[str, Any] | Response:
+) -> CompositionValidation | Response:
     """Store the DFT results of one composition and compute their energies above hull.
 
     ``relax_maker`` made the DFT jobs and parses their outputs. With
@@ -137,7 +138,7 @@ def record_validation(
 
     Returns
     -------
-    dict
+    CompositionValidation
         ``formula``, ``validated`` (one summary per stored pick), ``failed``
         (picks whose DFT did not finish, with the reason), ``funnel`` (counts per
         stage), ``references`` (DFT elemental energies per atom) and the ML
@@ -251,6 +252,7 @@ def record_validation(
             for el in elements if (ref := db.get_reference(el, key)) is not None
         }
     if earlier:  # this record validates replacements: carry the earlier results along
+        earlier = plain(earlier)
         summaries = [*earlier["validated"], *summaries]
         failed = [*earlier["failed"], *failed]
     for summary in summaries:
@@ -267,10 +269,11 @@ def record_validation(
     }
     new_failures = [f for f in failed if "replaced_by" not in f]
     if not reserves or not new_failures:
+        output = CompositionValidation(**result)
         if run.get("id"):
             with open_results(StoreConfig(**store)) as db:
-                db.save_composition_result(run["id"], result)
-        return result
+                db.save_composition_result(run["id"], output.model_dump(mode="json"))
+        return output
     replacements = reserves[:len(new_failures)]
     for failure, replacement in zip(new_failures, replacements, strict=False):
         failure["replaced_by"] = replacement.rank + 1
