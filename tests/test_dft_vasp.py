@@ -31,6 +31,7 @@ from xtalloop.rankers.ml_ranker import RankedCandidate, Ranking, ReferencePhase
 from xtalloop.store import job_store
 from xtalloop.store.results import open_results
 from xtalloop.workflows import ValidateMaker
+from xtalloop.workflows.outputs import CompositionValidation
 
 #: Toy "VASP" energies: elemental eV/atom, plus a formation energy per atom for compounds.
 MU = {"Na": -1.31, "Cl": -1.85, "Cu": -4.10, "Au": -3.27}
@@ -143,8 +144,8 @@ def test_fake_vasp_validation_checks_inputs_parses_outputs_and_stores(
     job = validate.make(nacl_ranking([rocksalt("Na", "Cl", 5.69)]))
     responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path, create_folders=True,
                             log=False, ensure_success=True)
-    summary = [r for r in responses.values() if isinstance(r[1].output, dict)
-               and r[1].output.get("formula") == "NaCl"][-1][1].output
+    summary = [r for r in responses.values() if isinstance(r[1].output, CompositionValidation)
+               and r[1].output.formula == "NaCl"][-1][1].output.model_dump()
 
     # inputs: MP relax sets twice, then MP static; the same POTCARs and user tags throughout
     assert set(fake_vasp) == {f"MP GGA {step} ({label})"
@@ -177,7 +178,7 @@ def test_fake_vasp_validation_checks_inputs_parses_outputs_and_stores(
     assert refs["Cl"]["energy_per_atom"] == pytest.approx(MU["Cl"], abs=1e-6)
     assert refs["Na"]["dft_code"] == "vasp"
     assert validated["e_above_hull"] == pytest.approx(0.0, abs=1e-9)
-    assert doc["dft"]["n_ionic_steps"] == 1 and len(doc["trajectory"]) == 1
+    assert doc["dft"]["n_ionic_steps"] == 1 and doc["n_frames"] == 1
     assert len(doc["forces"]) == 2 and len(doc["stress_kbar"]) == 3
 
 
@@ -191,8 +192,9 @@ def test_a_crashed_vasp_pick_is_recorded_and_its_sibling_validated(
     responses = run_locally(job, store=job_store(store_config), root_dir=tmp_path, log=False,
                             create_folders=True)
     outputs = [r[1].output for r in responses.values() if r[1] is not None
-               and isinstance(r[1].output, dict) and r[1].output.get("formula") == "NaCl"]
-    summary = outputs[-1]
+               and isinstance(r[1].output, CompositionValidation)
+               and r[1].output.formula == "NaCl"]
+    summary = outputs[-1].model_dump()
     assert len(summary["validated"]) == 1
     (failure,) = summary["failed"]
     assert failure["rank"] == 1 and "did not finish" in failure["reason"]

@@ -211,9 +211,9 @@ def test_example_project_file_is_a_valid_project(jobflow_remote, tmp_path, monke
     project = Project.model_validate(yaml.safe_load(EXAMPLE.read_text()))
     assert project.name == "xtalloop"
     [worker] = project.workers.values()
-    assert worker.type == "remote" and worker.get_scheduler_io().__class__.__name__ == "SlurmIO"
+    assert worker.type == "local" and worker.get_scheduler_io().__class__.__name__ == "SlurmIO"
     assert "--time=04:00:00" in worker.get_scheduler_io().generate_header(worker.resources)
-    # its stores are xtalloop's, with the password from a file: not in the project file
+    # its stores are xtalloop's, with the password from the environment: not in the file
     assert type(project.get_queue_store()).__name__ == "XtalloopMongoStore"
     jobstore = project.get_jobstore()
     assert type(jobstore.docs_store).__name__ == "XtalloopMongoStore"

@@ -1,6 +1,5 @@
 """The energy model learns from the loop's own DFT results (EMT stands in for DFT)."""
 
-import base64
 import json
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from xtalloop.errors import XtalloopError
 from xtalloop.learn.dataset import is_holdout, split_frames, stress_to_ase
 from xtalloop.learn.mace_training import MaceTrainer
 from xtalloop.learn.metrics import evaluate
-from xtalloop.learn.registry import MODEL_FILES, ModelRegistry, should_promote
+from xtalloop.learn.registry import ModelRegistry, should_promote
 from xtalloop.models.energy_model import load_energy_model
 from xtalloop.runner import execute
+from xtalloop.store.files import FileStore
 from xtalloop.store.results import open_results
 
 TINY = MaceTrainer(num_channels=8, r_max=4.0, epochs=6, batch_size=4)
@@ -133,11 +133,9 @@ def test_registry_stores_fetches_and_promotes(store_config, tmp_path):
         assert registry.promoted()["model_id"] == "mace-2"
         registry.promote(first)
         assert registry.promoted()["model_id"] == "mace-1"
-        # a damaged chunk is detected, never loaded
-        chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1",
-                                                 "file": "member_1.mace.pt"})
-        chunk["data"] = base64.b64encode(b"tampered").decode()
-        db.store(MODEL_FILES).update([chunk], key="key")
+        # a damaged stored file is detected, never loaded
+        entry = next(f for f in registry.get(first)["files"] if f["name"] == "member_1.mace.pt")
+        FileStore(store_config).path_of(entry["sha256"]).write_bytes(b"tampered")
         with pytest.raises(XtalloopError, match="damaged"):
             registry.fetch(first, into=tmp_path / "other")
         with pytest.raises(XtalloopError, match="no model 'mace-9'"):

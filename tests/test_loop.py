@@ -217,7 +217,7 @@ def test_a_killed_loop_resumes_without_losing_or_redoing_work(tmp_path, monkeypa
     assert unfinished_loop(config) is None
 
 
-def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):
+def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread, monkeypatch):
     from xtalloop.generators.diffusion import (
         DiffusionConfig,
         ModelConfig,
@@ -227,7 +227,9 @@ def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):
         structures_to_dataset,
         train,
     )
+    from xtalloop.store.files import local_copy
 
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))  # where round 2 fetches to
     fcc = [Structure(Lattice.cubic(a), [el] * 4,
                      [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
            for el, a in (("Cu", 3.61), ("Au", 4.08), ("Ag", 4.09))]
@@ -251,7 +253,12 @@ def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread):
     tuned = first["generator"]
     assert tuned["checkpoint"] and tuned["n_structures"] >= 1
     assert second["generator_used"] == tuned["checkpoint"]  # round 2 samples the new model
-    assert read_checkpoint(tuned["checkpoint"])["parent"]["path"].endswith("base.pt")
+    # ... from the store, not from the folder of the job that wrote it
+    assert tuned["checkpoint"].startswith("store:sha256:") and tuned["path"].endswith(".pt")
+    digest = tuned["checkpoint"].removeprefix("store:sha256:")
+    assert [p.name for p in (tmp_path / "cache" / "generators").iterdir()] == [f"{digest}.pt"]
+    local = local_copy(tuned["checkpoint"], config.store, ".pt", "generators")
+    assert read_checkpoint(local)["parent"]["path"].endswith("base.pt")
     with open_results(config.store) as db:
         generators = {d["generator"]["generator"] for d in db.find_validated()}
     assert "random_symmetric" in generators

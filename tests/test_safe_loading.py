@@ -12,7 +12,6 @@ attacker with write access to the store replaced).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import pickle
@@ -33,9 +32,10 @@ from xtalloop.generators.diffusion.checkpoint import (
     load_model,
     read_checkpoint,
 )
-from xtalloop.learn.registry import MODEL_FILES, MODELS, ModelRegistry, resolve_model
+from xtalloop.learn.registry import MODELS, ModelRegistry, resolve_model
 from xtalloop.models.energy_model import load_energy_model
 from xtalloop.models.trust import UntrustedModelError
+from xtalloop.store.files import FileStore
 from xtalloop.store.results import open_results
 
 
@@ -225,27 +225,25 @@ def test_registry_model_replaced_in_the_store_is_refused(evil, marker, store_con
         registry.register(honest, parent="chgnet", metrics={}, parent_metrics={},
                           promoted=True, settings_key="k")
         # the attacker replaces the stored weights: the recorded digest no longer matches
-        chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1",
-                                                 "file": "member_0.mace.pt"})
+        files = FileStore(store_config)
+        honest_weights = next(f for f in registry.get("mace-1")["files"]
+                              if f["name"] == "member_0.mace.pt")
         data = evil["weights"].read_bytes()
-        chunk["data"] = base64.b64encode(data).decode()
-        db.store(MODEL_FILES).update([chunk], key="key")
+        files.path_of(honest_weights["sha256"]).write_bytes(data)
         with pytest.raises(XtalloopError):
             registry.fetch("mace-1")
         # ... and rewrites the record too: a digest this machine has never trusted
         record = db.store(MODELS).query_one({"model_id": "mace-1"})
         for entry in record["files"]:
             if entry["name"] == "member_0.mace.pt":
-                entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+                files.path_of(entry["sha256"]).unlink()
+                entry.update(sha256=files.put(data), bytes=len(data))
         evil_description = native_description(evil["weights"])
         description = evil_description.read_bytes()
-        desc_chunk = db.store(MODEL_FILES).query_one({"model_id": "mace-1",
-                                                      "file": "member_0.mace.json"})
-        desc_chunk["data"] = base64.b64encode(description).decode()
-        db.store(MODEL_FILES).update([desc_chunk], key="key")
         for entry in record["files"]:
             if entry["name"] == "member_0.mace.json":
-                entry.update(sha256=hashlib.sha256(description).hexdigest())
+                entry.update(sha256=files.put(description))
+        assert hashlib.sha256(description).hexdigest() in str(record)
         db.store(MODELS).update([{k: v for k, v in record.items() if k != "_id"}],
                                 key="model_id")
         with pytest.raises(UntrustedModelError) as err:

@@ -11,6 +11,7 @@ from pymatgen.core import Structure
 from conftest import EmtRelaxAsDftMaker
 from xtalloop.config import RunConfig
 from xtalloop.runner import execute
+from xtalloop.store.files import FileStore, trajectory_of
 from xtalloop.store.results import ResultsDB
 from xtalloop.workflows import CSPFlowMaker, GenerateMaker, PrefilterMaker, ValidateMaker
 
@@ -67,7 +68,11 @@ def test_run_stores_results_and_writes_the_run_folder(tmp_path, emt_dft_maker):
         assert doc["generator"]["seed"] is not None
         assert doc["prefilter"]["energy_model"]["name"]
         assert doc["dft"]["settings"]["ecut"] > 0 and doc["dft"]["settings_key"]
-        assert doc["trajectory"] and "energy" in doc["trajectory"][-1]
+        # the steps are in the store's files, the document keeps their reference
+        assert "trajectory" not in doc and doc["n_frames"] >= 1
+        with FileStore(config.store) as files:
+            steps = trajectory_of(doc, files)
+        assert len(steps) == doc["n_frames"] and "energy" in steps[-1]
         assert doc["run"]["id"] == result.run_id
         assert db.get_run(result.run_id)["status"] == "completed"
 

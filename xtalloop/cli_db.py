@@ -168,7 +168,11 @@ def export(
     if not docs:
         typer.echo("no validated structures match", err=True)
         raise typer.Exit(1)
-    paths = export_structures(docs, fmt.value, out, with_trajectory=trajectory, force=force)
+    from xtalloop.store.files import FileStore
+
+    with FileStore(config, create=False) as files:
+        paths = export_structures(docs, fmt.value, out, with_trajectory=trajectory, force=force,
+                                  files=files)
     where = out if fmt is ExportFormat.cif else paths[0]
     typer.echo(f"exported {len(docs)} structures to {where} ({fmt.value})")
 

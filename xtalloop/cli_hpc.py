@@ -49,7 +49,9 @@ def submit(
         typer.echo("run them on the cluster with `qlaunch rapidfire` (or `rlaunch rapidfire` "
                    "on a node); see configs/fireworks/")
     else:
-        typer.echo(f"run them with `jf -p {sub['project']} runner start`")
+        typer.echo(f"run them with `jf -p {sub['project']} runner start`, from a shell where "
+                   "the store's password variable is exported (the scheduler hands the "
+                   "runner's environment to the jobs); see configs/jobflow-remote/")
     typer.echo(f"follow it with `xtalloop status {config} --run {record['id']}`")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pymatgen.core import Structure
 
@@ -12,6 +12,9 @@ from xtalloop.errors import DataError
 from xtalloop.preflight import (
     check_output_file, check_output_folder, write_file_atomically, writing_into,
 )
+
+if TYPE_CHECKING:
+    from xtalloop.store.files import FileStore
 
 ExportFormat = Literal["cif", "extxyz", "json"]
 
@@ -96,7 +99,7 @@ def write_cifs(docs: list[dict[str, Any]], folder: Path, force: bool = False,
 
 def export_structures(
     docs: list[dict[str, Any]], fmt: ExportFormat, out: Path, with_trajectory: bool = False,
-    force: bool = False,
+    force: bool = False, files: FileStore | None = None,
 ) -> list[Path]:
     """Write ``docs`` (validated-structure documents) to ``out``.
 
@@ -112,6 +115,9 @@ def export_structures(
         JSON only: keep the relaxation trajectories (large).
     force
         Replace existing files (otherwise refused, before anything is written).
+    files
+        The store's file store, where ``with_trajectory`` reads the steps of
+        documents that keep a ``trajectory_ref`` (required for those).
 
     Returns
     -------
@@ -132,6 +138,15 @@ def export_structures(
             {k: v for k, v in doc.items() if with_trajectory or k != "trajectory"}
             for doc in docs
         ]
+        if with_trajectory:
+            from xtalloop.store.files import trajectory_of
+
+            for doc in keep:
+                if doc.get("trajectory_ref") and doc.get("trajectory") is None:
+                    if files is None:
+                        raise DataError("the trajectories are in the store's files: "
+                                        "give the store to read them from")
+                    doc["trajectory"] = trajectory_of(doc, files)
         text = json.dumps(keep, indent=2, default=str)
         write_file_atomically(out, "OUT", lambda tmp: tmp.write_text(text))
         return [out]

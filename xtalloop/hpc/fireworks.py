@@ -9,6 +9,7 @@ they finish.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +55,9 @@ def launchpad_for(config: RunConfig):
         if not path.is_file():
             raise ConfigError(f"submit.launchpad_file: {path} does not exist")
         try:
-            launchpad = LaunchPad.from_file(str(path))
+            launchpad = _launchpad_from_file(path)
+        except StoreError:
+            raise
         except Exception as exc:  # FireWorks raises whatever its YAML/Mongo layers raise
             raise ConfigError(f"submit.launchpad_file: cannot read {path}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -80,6 +83,28 @@ def launchpad_for(config: RunConfig):
             raise connection_error(config.store.uri or "", submit.launchpad_database, exc) from None
         raise StoreError(f"cannot reach {where}: {str(exc).splitlines()[0]}") from None
     return launchpad
+
+
+def _launchpad_from_file(path: Path):
+    """``LaunchPad.from_file``, reading ``mongoclient_kwargs.password_env`` itself.
+
+    FireWorks' own commands read that variable through the client class that
+    ``FW_config.yaml`` names (:mod:`xtalloop.mongo_client`); xtalloop reads it
+    here, so ``--launchpad`` works without that configuration.
+    """
+    import yaml
+    from fireworks import LaunchPad
+
+    data = yaml.safe_load(path.read_text())  # YAML or JSON, as FireWorks reads it
+    kwargs = dict(data.get("mongoclient_kwargs") or {})
+    password_env = kwargs.pop("password_env", None)
+    if password_env is not None and "password" not in kwargs:
+        value = os.environ.get(password_env)
+        if not value:
+            raise StoreError(f"the MongoDB password variable {password_env} "
+                             f"(mongoclient_kwargs.password_env of {path}) is not set")
+        kwargs["password"] = value
+    return LaunchPad.from_dict({**data, "mongoclient_kwargs": kwargs})
 
 
 def submit_to_fireworks(

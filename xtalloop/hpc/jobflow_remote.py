@@ -184,8 +184,9 @@ def jobflow_remote_status(config: RunConfig, flow_uuid: str,
     for state, n in states.items():
         counts[STATE_GROUPS.get(state, "waiting")] += n
     failed = [
-        # FAILED: the job raised (``error`` holds its traceback); REMOTE_ERROR: the runner
-        # could not upload, submit or download it (``remote.error``)
+        # FAILED: the job raised (``error`` holds its traceback) or its queue job ended
+        # without a result (``scancel``, walltime: "likely killed before completing");
+        # REMOTE_ERROR: the runner could not upload, submit or download it (``remote.error``)
         {"id": info.db_id, "name": info.name,
          "error": _last_line(info.error) or _last_line(info.remote.error) or "unknown error"}
         for info in sorted(jobs, key=_db_id_order)
@@ -200,7 +201,9 @@ def rerun_failed_jobflow_remote(config: RunConfig, flow_uuid: str,
 
     A failed job's completed descendants (the composition's record, which runs
     without the failed pick) go back to waiting, so that they run again once
-    the job has.
+    the job has. A job whose SLURM job was cancelled or killed is ``FAILED``
+    too (the runner finds no result once the scheduler no longer lists it) and
+    is requeued the same way (tests/test_slurm_jobflow_remote.py).
     """
     name = _project_name(config, project)
     with _controller(config, project) as controller:

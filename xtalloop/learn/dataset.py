@@ -88,15 +88,19 @@ def frames_from_store(db: ResultsDB, settings_key: str, max_frames_per_relaxatio
     codes) are not on one scale. ``info["group"]`` is the validated
     structure's uuid or ``reference:<element>``.
     """
-    frames = []
-    for doc in db.store(VALIDATED).query({"dft.settings_key": settings_key}):
-        frames += relaxation_frames(doc, doc["uuid"], max_frames_per_relaxation)
-    for doc in db.store(REFERENCES).query({"settings_key": settings_key}):
-        from xtalloop.references import is_molecular
+    from xtalloop.references import is_molecular
+    from xtalloop.store.files import FileStore, trajectory_of
 
-        molecular = is_molecular(Structure.from_dict(doc["structure"]))
-        frames += relaxation_frames(doc, f"reference:{doc['element']}",
-                                    max_frames_per_relaxation, molecular)
+    frames = []
+    with FileStore(db.config, create=db.create) as files:
+        for doc in db.store(VALIDATED).query({"dft.settings_key": settings_key}):
+            doc["trajectory"] = trajectory_of(doc, files)  # steps kept in the store's files
+            frames += relaxation_frames(doc, doc["uuid"], max_frames_per_relaxation)
+        for doc in db.store(REFERENCES).query({"settings_key": settings_key}):
+            doc["trajectory"] = trajectory_of(doc, files)
+            molecular = is_molecular(Structure.from_dict(doc["structure"]))
+            frames += relaxation_frames(doc, f"reference:{doc['element']}",
+                                        max_frames_per_relaxation, molecular)
     for atoms in frames:
         atoms.info["formula"] = Composition(atoms.get_chemical_formula()).reduced_formula
     return frames

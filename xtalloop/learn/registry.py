@@ -4,10 +4,12 @@ Each entry of the ``models`` collection records a model's id (``mace-<n>``),
 its parent (another id, or a base model such as ``chgnet``), the DFT settings
 key and structures it was trained on, its trainer settings, its metrics and its
 parent's on the same held-out data, and whether it was promoted. The model
-files themselves live in the ``model_files`` collection as base64 chunks, so a
-model travels with the store (embedded folder or MongoDB) to wherever the next
-prefilter job runs; :meth:`ModelRegistry.fetch` writes them back to a local
-cache folder, checking their sha256. Only xtalloop's native model format is
+files themselves are blobs of the store's file store (:mod:`xtalloop.store.files`:
+GridFS on MongoDB, a files folder embedded), recorded by name, sha256 and
+size, so a model travels with the store to wherever the next prefilter job
+runs; :meth:`ModelRegistry.fetch` writes them back to a local cache folder,
+checking their sha256. Registries written before kept base64 chunks in a
+``model_files`` collection: those are still read (:meth:`ModelRegistry.stored_files`). Only xtalloop's native model format is
 stored (loading it runs no code from the files), and a machine uses a stored
 model only if its digests are on its own trust list
 (:mod:`xtalloop.models.trust`).
@@ -18,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from xtalloop.store.results import ResultsDB, now
 
 MODELS = "models"
 MODEL_FILES = "model_files"
-CHUNK_BYTES = 4 * 1024 * 1024
+"""Where registries written before the file store kept base64 chunks (still read)."""
 REGISTRY_SPEC = "registry"
 """The ``prefilter.model`` value that means: the registry's promoted model."""
 
@@ -69,16 +70,12 @@ class ModelRegistry:
         files = sorted([*descriptions, *(weights_path(p) for p in descriptions)])
         model_id = f"mace-{self._next_number()}"
         entries = []
-        for path in files:
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
-            self.db.store(MODEL_FILES).update([
-                {"key": f"{model_id}/{path.name}/{n}", "model_id": model_id,
-                 "file": path.name, "chunk": n, "data": base64.b64encode(chunk).decode()}
-                for n, chunk in enumerate(chunks)], key="key")
-            entries.append({"name": path.name, "sha256": digest, "bytes": len(data),
-                            "chunks": len(chunks)})
+        with self._files() as store:
+            for path in files:
+                data = path.read_bytes()
+                digest = store.put(data, {"kind": "energy model", "model_id": model_id,
+                                          "name": path.name})
+                entries.append({"name": path.name, "sha256": digest, "bytes": len(data)})
         self.db.store(MODELS).update([{
             "model_id": model_id, "number": int(model_id.split("-")[1]), "kind": "mace",
             "parent": parent, "files": entries, "metrics": metrics,
@@ -161,12 +158,11 @@ class ModelRegistry:
             (folder / f["name"]).read_bytes()).hexdigest() == f["sha256"] for f in record["files"])
         if cached:
             return folder
+        from xtalloop.store.files import write_atomically
+
         for name, data in self.stored_files(model_id).items():
             # a private temporary name: parallel jobs may fetch the same model at once
-            fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(partial, folder / name)
+            write_atomically(folder / name, data)
         return folder
 
     def stored_files(self, model_id: str) -> dict[str, bytes]:
@@ -175,18 +171,38 @@ class ModelRegistry:
         Raises
         ------
         XtalloopError
-            If a stored file is incomplete or its sha256 does not match.
+            If a stored file is missing, incomplete or its sha256 does not match.
         """
+        from xtalloop.errors import StoreError
+
         out = {}
-        for entry in self.get(model_id)["files"]:
-            chunks = sorted(self.db.store(MODEL_FILES).query(
-                {"model_id": model_id, "file": entry["name"]}), key=lambda d: d["chunk"])
-            data = b"".join(base64.b64decode(c["data"]) for c in chunks)
-            if len(chunks) != entry["chunks"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise XtalloopError(f"model {model_id}: stored file {entry['name']} is damaged "
-                                    f"({len(chunks)}/{entry['chunks']} chunks)")
-            out[entry["name"]] = data
+        with self._files() as store:
+            for entry in self.get(model_id)["files"]:
+                if "chunks" in entry:  # written before the file store: base64 chunks
+                    out[entry["name"]] = self._chunked_file(model_id, entry)
+                    continue
+                try:
+                    out[entry["name"]] = store.get(entry["sha256"])
+                except StoreError as exc:
+                    raise XtalloopError(f"model {model_id}: stored file {entry['name']}: "
+                                        f"{exc}") from None
         return out
+
+    def _chunked_file(self, model_id: str, entry: dict[str, Any]) -> bytes:
+        """A file of a registry written before the file store, from its base64 chunks."""
+        chunks = sorted(self.db.store(MODEL_FILES).query(
+            {"model_id": model_id, "file": entry["name"]}), key=lambda d: d["chunk"])
+        data = b"".join(base64.b64decode(c["data"]) for c in chunks)
+        if len(chunks) != entry["chunks"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise XtalloopError(f"model {model_id}: stored file {entry['name']} is damaged "
+                                f"({len(chunks)}/{entry['chunks']} chunks)")
+        return data
+
+    def _files(self) -> Any:
+        """The store's file store (:class:`~xtalloop.store.files.FileStore`), to use in ``with``."""
+        from xtalloop.store.files import FileStore
+
+        return FileStore(self.db.config, create=self.db.create)
 
     def trust(self, model_id: str) -> list[str]:
         """Put the digests of ``model_id``'s stored files on this machine's trust list.

@@ -22,7 +22,6 @@ but tensors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xtalloop.digest import file_sha256
 from xtalloop.errors import XtalloopError
 
 if TYPE_CHECKING:
@@ -63,13 +63,7 @@ def weights_path(description: str | Path) -> Path:
     return description.with_name(description.name.removesuffix(SUFFIX) + WEIGHTS_SUFFIX)
 
 
-def sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256  # the name config checks and the trust list use
 
 
 def _mace_modules():

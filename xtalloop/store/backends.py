@@ -4,7 +4,8 @@
     montydb (sqlite) in a local folder: nothing to install or run.
 ``mongodb``
     A MongoDB server: maggma ``MongoStore`` per collection, GridFS for jobflow's
-    large data (trajectories). The password is read from ``password_env`` or
+    large data and for xtalloop's own large files (model files, generator
+    checkpoints, trajectories: :mod:`xtalloop.store.files`, bucket ``files``). The password is read from ``password_env`` or
     ``password_file`` only inside :meth:`connect`, handed to pymongo and kept
     nowhere else, so serialising a store (``as_dict``) never reveals it.
 """

@@ -94,7 +94,14 @@ class DFTResult(_Open):
     """eV/Å, one row per site."""
     stress_kbar: list[list[float]] | list[float] | None = None
     trajectory: list[dict[str, Any]] | None = None
-    """The ionic steps (structure, energy, forces, stress): the energy model trains on them."""
+    """The ionic steps (structure, energy, forces, stress): the energy model trains on them.
+
+    Inline only in documents stored before the file store; now the steps are
+    in the store's files (:func:`~xtalloop.store.files.put_trajectory`)."""
+    trajectory_ref: str | None = None
+    """``store:sha256:<digest>`` of the steps (read with :func:`~xtalloop.store.files.trajectory_of`)."""
+    n_frames: int | None = None
+    """How many ionic steps ``trajectory_ref`` holds."""
     e_above_hull: float | None = None
     """Derived from ``energy_per_atom``: recomputed after every store of a chemical system."""
     dft: DFTInfo
@@ -145,6 +152,8 @@ class ReferenceResult(_Open):
     dft_code: str | None = None
     dft_code_version: str | None = None
     trajectory: list[dict[str, Any]] | None = None
+    trajectory_ref: str | None = None
+    n_frames: int | None = None
     run: dict[str, Any] | None = None
     """The run that computed it (may be empty: a maker used outside a run)."""
 

@@ -146,7 +146,8 @@ class GeneratorTrainingMaker(Maker):
     store
         A dumped :class:`~xtalloop.config.StoreConfig`.
     checkpoint
-        The parent checkpoint (the diffusion source the round sampled from).
+        The parent checkpoint (the diffusion source the round sampled from): a
+        path, or a ``store:sha256:<digest>`` reference to a file in ``store``.
     settings_key
         Only structures validated with these DFT settings are used.
     stable_within
@@ -176,8 +177,12 @@ class GeneratorTrainingMaker(Maker):
         Returns
         -------
         GeneratorTraining
-            ``checkpoint`` (the new file, ``None`` when skipped), ``parent``,
-            ``reason``, ``n_structures``, ``structure_ids`` and ``final_loss``.
+            ``checkpoint`` (``None`` when skipped): the new checkpoint as a
+            reference ``store:sha256:<digest>`` to the store's file store, so
+            the next round reads it on any node, with ``path``, where it was
+            written here (for information: this job's folder may be gone);
+            ``parent``, ``reason``, ``n_structures``, ``structure_ids`` and
+            ``final_loss``.
         """
         import json
 
@@ -190,11 +195,14 @@ class GeneratorTrainingMaker(Maker):
             structures_to_dataset,
             train,
         )
+        from xtalloop.store.files import FileStore, local_copy, ref
         from xtalloop.store.results import open_results
 
-        parent = read_checkpoint(self.checkpoint)
+        store = StoreConfig(**self.store)
+        parent_path = local_copy(self.checkpoint, store, suffix=".pt", kind="generators")
+        parent = read_checkpoint(parent_path)
         max_atoms = int(parent.get("max_atoms") or 0)
-        with open_results(StoreConfig(**self.store)) as db:
+        with open_results(store) as db:
             docs = [d for d in db.find_validated(settings_key=self.settings_key,
                                                  max_e_above_hull=self.stable_within)
                     if d["dft"]["converged"] and (not max_atoms or d["nsites"] <= max_atoms)]
@@ -211,11 +219,13 @@ class GeneratorTrainingMaker(Maker):
             "batch_size": min(self.batch_size, len(docs)), "seed": self.seed,
             "device": self.device, "max_time_s": None, "save_every": 0})})
         path = train(config, dataset, Path.cwd() / "generator.pt",
-                     finetune_from=self.checkpoint, progress=False)
+                     finetune_from=parent_path, progress=False)
         log = json.loads(path.with_suffix(".log.json").read_text())
         history = log.get("history") or [{}]
+        with FileStore(store) as files:
+            digest = files.put(path, {"kind": "generator checkpoint", "parent": self.checkpoint})
         return GeneratorTraining(
-            checkpoint=str(path), parent=self.checkpoint,
+            checkpoint=ref(digest), path=str(path), parent=self.checkpoint,
             reason=f"fine-tuned on {len(docs)} stable structures",
             n_structures=len(docs), structure_ids=[d["uuid"] for d in docs],
             final_loss=history[-1].get("loss"))

@@ -20,6 +20,8 @@ from jobflow import Flow, Job, Maker, OnMissing, Response, job
 from xtalloop.config import RunConfig, StoreConfig
 from xtalloop.dft.factory import dft_maker
 from xtalloop.dft.result import DftMaker
+from xtalloop.errors import StoreError
+from xtalloop.store.files import FileStore, is_ref
 from xtalloop.store.results import ResultsDB, now, open_results
 from xtalloop.workflows.outputs import LoopEnd, RoundRecord, plain
 from xtalloop.workflows.csp import (
@@ -99,7 +101,7 @@ class LoopRoundMaker(Maker):
                 logger.info("loop %s stops: %s", self.loop_id, plan.stop)
                 return LoopEnd(loop_id=self.loop_id, rounds_completed=len(completed),
                                stopped_by=plan.stop)
-            generator = _generator_checkpoint(config, completed)
+            generator = _generator_checkpoint(config, completed, db)
             db.save_round({
                 "loop_id": self.loop_id, "round": round_index, "run_id": run_id,
                 "name": config.name,
@@ -111,6 +113,7 @@ class LoopRoundMaker(Maker):
             trained_here = _registered_by(db, run_id)
         cfg = round_config(config, plan, generator)
         maker = csp_flow_maker(cfg, run, self.progress, self.relax_maker)
+        _read_checkpoints_from(maker.generate_maker.sources, job_store_settings(config))
         flows: list[Flow | Job] = [maker.make(f, cfg.generate.seed) for f in plan.compositions]
         outputs = [f.output for f in flows]
         learned = None
@@ -243,8 +246,24 @@ def _registered_by(db: ResultsDB, run_id: str) -> dict[str, Any] | None:
     return None
 
 
-def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]]) -> str | None:
-    """The diffusion checkpoint this round samples: the last fine-tuned one, or the config's."""
+def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]],
+                          db: ResultsDB | None = None) -> str | None:
+    """The diffusion checkpoint this round samples: the last fine-tuned one, or the config's.
+
+    A fine-tuned checkpoint is a reference ``store:sha256:<digest>`` to the
+    store's file store (:mod:`xtalloop.store.files`), not a path: the job
+    that wrote it ran in its own folder, maybe on another node. The
+    reference is handed on as is, and each job that reads it (sampling,
+    the next fine-tuning) fetches the file into its own machine's cache;
+    with ``db``, it is checked here to be in the store, so a lost file stops
+    the round before its jobs start. Rounds recorded before the file store
+    hold a path, also handed on as is.
+
+    Raises
+    ------
+    StoreError
+        The fine-tuned checkpoint the round needs is not in the store.
+    """
     configured = next((s.checkpoint for s in config.generate.sources if s.kind == "diffusion"),
                       None)
     if configured is None:
@@ -252,8 +271,28 @@ def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]]) ->
     for record in reversed(completed):
         tuned = (record.get("generator") or {}).get("checkpoint")
         if tuned:
+            if db is not None and is_ref(tuned):
+                with FileStore(db.config, create=db.create) as files:
+                    if not files.exists(tuned):
+                        raise StoreError(
+                            f"round {record.get('round')}'s fine-tuned generator {tuned} is "
+                            "not in the store's files: it was removed, or the store is not "
+                            "the one the loop wrote")
             return tuned
     return configured
+
+
+def _read_checkpoints_from(sources: list[dict[str, Any]], store: dict[str, Any]) -> None:
+    """Give the diffusion sources whose checkpoint is a store reference the store to read it from.
+
+    The sampling job builds its generator from these dicts
+    (:func:`~xtalloop.generators.factory.build_generator`), and
+    :class:`~xtalloop.generators.diffusion.DiffusionGenerator` fetches a
+    referenced checkpoint from ``store`` (a dumped config, no password).
+    """
+    for source in sources:
+        if source.get("kind") == "diffusion" and is_ref(source.get("checkpoint")):
+            source["store"] = store
 
 
 def _generator_training_maker(config: RunConfig, checkpoint: str, settings_key: str):

@@ -15,6 +15,7 @@ from xtalloop.dft.gpaw import GpawRelaxMaker
 from xtalloop.dft.result import DftMaker, DftParseError
 from xtalloop.hull import energies_above_hull
 from xtalloop.rankers.ml_ranker import RankedCandidate, Ranking, symmetrized_primitive
+from xtalloop.store.files import FileStore, put_trajectory
 from xtalloop.store.results import chemsys_of, open_results
 from xtalloop.workflows.outputs import CompositionValidation, plain
 
@@ -152,7 +153,7 @@ def record_validation(
     elements = sorted(el.symbol for el in Composition(formula).elements)
     summaries: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    with open_results(StoreConfig(**store)) as db:
+    with open_results(StoreConfig(**store)) as db, FileStore(db.config) as files:
         for element, task in reference_outputs.items():
             result, reason = _parsed(relax_maker, task)
             if result is None:
@@ -167,7 +168,7 @@ def record_validation(
                 "converged": result["converged"],
                 "dft_code": relax_maker.code,
                 "dft_code_version": result["code_version"],
-                "trajectory": result["trajectory"],
+                **put_trajectory(files, result["trajectory"], {"element": element}),
                 "run": run,
             })
 
@@ -197,7 +198,7 @@ def record_validation(
                 "forces": result["forces"],
                 "stress_kbar": result["stress_kbar"],
                 "e_above_hull": None,
-                "trajectory": result["trajectory"],
+                **put_trajectory(files, result["trajectory"], {"formula": formula}),
                 "dft": {
                     "code": settings.get("code", relax_maker.code),
                     "code_version": result["code_version"],

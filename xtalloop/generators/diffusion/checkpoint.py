@@ -10,7 +10,6 @@ finished job of a loop, none of which the reader wrote.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from xtalloop import __version__
+from xtalloop.digest import file_sha256
 from xtalloop.errors import DataError
 from xtalloop.generators.diffusion.config import DiffusionConfig
 from xtalloop.generators.diffusion.model import CrystalDenoiser
@@ -31,13 +31,7 @@ class CheckpointError(DataError):
     """A checkpoint file that is missing, damaged, unsafe or not an xtalloop checkpoint."""
 
 
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_hash = file_sha256  # the name the trainer and older callers use
 
 
 def _plain(value: Any) -> Any:

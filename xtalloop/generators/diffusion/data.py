@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
+from xtalloop.digest import file_sha256
+
 logger = logging.getLogger(__name__)
 
 _CACHE_FORMAT = 1
@@ -223,14 +225,6 @@ def structures_to_dataset(
     )
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_csv(
     path: str | Path,
     max_atoms: int | None = None,
@@ -260,7 +254,7 @@ def load_csv(
     cache = None
     if cache_dir is not None:
         key = hashlib.sha256(
-            f"{_file_sha256(path)}|{max_atoms}|{arity}|{limit}|{_CACHE_FORMAT}".encode()
+            f"{file_sha256(path)}|{max_atoms}|{arity}|{limit}|{_CACHE_FORMAT}".encode()
         ).hexdigest()[:16]
         cache = Path(cache_dir) / f"{path.name.split('.')[0]}-{key}.pt"
         if cache.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,10 @@ class DiffusionGenerator:
     Parameters
     ----------
     checkpoint
-        Path of a checkpoint written by :func:`xtalloop.generators.diffusion.train`.
+        Path of a checkpoint written by :func:`xtalloop.generators.diffusion.train`,
+        or a reference ``store:sha256:<digest>`` to one in the results store
+        ``store`` (what a loop's fine-tuning job leaves for the next round),
+        fetched into the local cache on first use.
     name
         Generator name recorded in the candidates.
     n_steps
@@ -87,6 +91,9 @@ class DiffusionGenerator:
     lattice_clip_factor
         Clamp each step's clean-lattice estimate to this times the largest
         training lattice entry (0: no clamp); keeps coarse samplers stable.
+    store
+        A dumped :class:`~xtalloop.config.StoreConfig` to read a ``store:``
+        checkpoint from (unused for a path).
     """
 
     checkpoint: str
@@ -98,6 +105,7 @@ class DiffusionGenerator:
     formula_units: tuple[int, ...] | None = None
     max_atoms: int | None = None
     lattice_clip_factor: float = 1.5
+    store: dict[str, Any] | None = None
     _loaded: LoadedModel | None = field(default=None, init=False, repr=False, compare=False)
     _schedules: Schedules | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -110,7 +118,10 @@ class DiffusionGenerator:
         """The checkpoint's model, read once and kept on the instance."""
         if self._loaded is None:
             device = self._torch_device()
-            self._loaded = load_model(self.checkpoint, device)
+            from xtalloop.store.files import local_copy
+
+            path = local_copy(self.checkpoint, self.store, suffix=".pt", kind="generators")
+            self._loaded = load_model(path, device)
             self._schedules = Schedules.from_config(self._loaded.config.noise).to(device)
         return self._loaded
 
