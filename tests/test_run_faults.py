@@ -100,10 +100,12 @@ def outage(mongodb_server):
 
 
 def test_a_mongodb_restart_mid_run_is_waited_out(tmp_path, mongo_config, outage,
-                                                  mongodb_server, caplog):
+                                                  mongodb_server, caplog, monkeypatch):
     outage.update(server=mongodb_server, restart_after=8)
     config = fault_config(tmp_path, mongo_config)
     caplog.set_level(logging.WARNING, logger="xtalloop")
+    # a library's logging.config earlier in the session may have disabled existing loggers
+    monkeypatch.setattr(logging.getLogger("xtalloop.retry"), "disabled", False)
     result = execute(config, progress=False, relax_maker=OutageMaker(steps=30))
     assert "server" not in outage  # the server did stop during the run
     assert any("does not answer" in r.getMessage() for r in caplog.records)  # and was waited for

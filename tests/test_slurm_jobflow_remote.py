@@ -150,6 +150,7 @@ def assert_no_password_written(*folders: Path) -> None:
     assert not set(leaks) - set(slurm_state), leaks
 
 
+@pytest.mark.slow  # about 3 min (every job is an sbatch'd process): make test-slow
 def test_slurm_jobs_run_the_flow_and_a_scancelled_one_is_rerun(tmp_path, mongo_config,
                                                                slurm_cluster, slurm_project):
     path = write_config(tmp_path, mongo_config, project=PROJECT)
