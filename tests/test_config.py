@@ -47,7 +47,7 @@ def test_cluster_vasp_config_builds_the_vasp_maker():
     [
         ("compositions: [NaCl]\nprefilter: {topk: 3}\n", "prefilter.topk: unknown key"),
         ("compositions: [NaCl]\nprefilter: {top_k: 0}\n", "prefilter.top_k: Input should be greater"),
-        ("compositions: [NaCl]\ndft: {code: abinit}\n", "dft.code: Input should be 'gpaw' or 'vasp'"),
+        ("compositions: [NaCl]\ndft: {code: abinit}\n", "dft.code: Input should be 'gpaw', 'vasp' or 'mlip'"),
         ("compositions: [NaCl]\nsubmit: {engine: slurm}\n",
          "submit.engine: Input should be 'fireworks' or 'jobflow-remote'"),
         ("compositions: [NaCl, Qq2]\n", "compositions[1]: unknown element 'Qq'"),

@@ -8,27 +8,25 @@ A configuration is data. :func:`load_config` reads a YAML file into a
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from xtalloop.composition import parse_composition
-from xtalloop.config_checks import (  # noqa: F401  (config_error_message: imported from here)
+
+# the sections of other modules are imported from here too (one place to import config from)
+from xtalloop.config_base import _check_model_spec, _Section  # noqa: F401
+from xtalloop.config_checks import (  # noqa: F401
     MAX_CANDIDATES, CandidateCount, TorchDevice, config_error_message, device_choice,
 )
+from xtalloop.config_dft import DFTConfig, MlipSettings, VaspSettings  # noqa: F401
+from xtalloop.config_store import StoreConfig, SubmitConfig  # noqa: F401
 from xtalloop.errors import CompositionError, ConfigError
-from xtalloop.uri import (  # noqa: F401  (uri_hosts, uri_netloc: imported from here)
+from xtalloop.uri import (  # noqa: F401
     is_mongodb_uri, password_problem, redact_uri, uri_hosts, uri_netloc,
 )
 from xtalloop.yamlfile import read_yaml
-
-
-class _Section(BaseModel):
-    # errors are shown through config_error_message; hiding the input keeps a
-    # password that a uri should not hold out of any other rendering of them
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class RandomSymmetricSource(_Section):
@@ -122,29 +120,6 @@ class GenerateConfig(_Section):
         if not value:
             raise ValueError("at least one generator source is needed")
         return value
-
-
-def _check_model_spec(value: str, registry: bool) -> str:
-    if value in ("chgnet", "emt") or (registry and value == "registry"):
-        return value
-    path = Path(value).expanduser()
-    if path.is_dir() and (any(path.glob("*.mace.json")) or any(path.glob("*.model"))):
-        return value  # an ensemble: one MACE model file per member
-    if not value.endswith((".model", ".mace.json")):
-        also = "'registry', " if registry else ""
-        raise ValueError(f"unknown model {value!r}: use 'chgnet', 'emt', {also}a MACE model "
-                         "file (.mace.json, or a trusted .model) or a folder of them "
-                         "(an ensemble)")
-    if not path.is_file():
-        raise ValueError(f"MACE model file {value!r} does not exist")
-    if value.endswith(".model"):  # a pickle: found untrusted now, not inside a job
-        from xtalloop.models.mace_format import sha256
-        from xtalloop.models.trust import how_to_trust, is_trusted
-
-        if not is_trusted(sha256(path)):
-            raise ValueError(f"{value} is a pickle not on this machine's trust list; if you "
-                             f"trust its source run `{how_to_trust(value)}`")
-    return value
 
 
 class PrefilterConfig(_Section):
@@ -295,138 +270,6 @@ class LoopConfig(_Section):
             if round_index <= done:
                 return stage
         return self.schedule[-1]
-
-
-class VaspSettings(_Section):
-    """VASP through atomate2's MP GGA double relax + static (``dft.code: vasp``)."""
-
-    incar_updates: dict[str, Any] = Field(
-        default_factory=dict, description="INCAR tags on top of the MP input sets")
-    static: bool = Field(True, description="finish with MP's static calculation")
-    compatibility: Literal["MP2020", "none"] = Field(
-        "MP2020", description="energy corrections (MaterialsProject2020Compatibility)")
-    vasp_cmd: str | None = Field(None, description="e.g. 'srun vasp_std'; default: atomate2's")
-    custodian_max_errors: int = Field(5, ge=0)
-
-    @field_validator("incar_updates")
-    @classmethod
-    def _incar_tags(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = [k for k in value if not re.fullmatch(r"[A-Z][A-Z0-9_]*", str(k))]
-        if bad:
-            raise ValueError(f"INCAR tags are upper case, e.g. NCORE: not {bad[0]!r}")
-        return value
-
-
-class DFTConfig(_Section):
-    """DFT validation of the picks: GPAW plane waves (local) or VASP (clusters), via atomate2.
-
-    ``xc``, ``ecut``, ``kpoint_density``, ``smearing_width``, ``fmax`` and
-    ``steps`` set GPAW; ``vasp`` sets VASP, whose MP input sets fix the rest.
-    """
-
-    code: Literal["gpaw", "vasp"] = "gpaw"
-    xc: Literal["PBE", "LDA", "PBEsol"] = "PBE"
-    ecut: float | None = Field(None, gt=100, description="eV; null picks it from the elements")
-    kpoint_density: float = Field(3.0, gt=0, description="k-points per Å⁻¹")
-    smearing_width: float = Field(0.05, ge=0)
-    fmax: float = Field(0.03, gt=0)
-    steps: int = Field(60, ge=1)
-    vasp: VaspSettings = VaspSettings()
-    replace_failed: bool = Field(
-        False, description="validate the next-ranked candidate in place of a failed pick")
-
-
-class StoreConfig(_Section):
-    """Where jobs, validated structures and references live.
-
-    ``backend: embedded`` keeps everything in a local folder (``path``);
-    ``backend: mongodb`` uses a MongoDB server (``uri``, ``database``). The
-    MongoDB password is never part of the configuration: ``password_env``
-    names an environment variable and ``password_file`` a file that hold it,
-    and both are read only when a connection is opened.
-    """
-
-    backend: Literal["embedded", "mongodb"] = "embedded"
-    path: str = Field("xtalloop-data", description="folder of the embedded database")
-    uri: str | None = Field(None, description="mongodb:// or mongodb+srv:// connection string")
-    database: str = Field("xtalloop", pattern=r"^[^/\\. \"$]+$")
-    username: str | None = Field(None, description="MongoDB user (or give it in the uri)")
-    auth_source: str | None = Field(None, description="database holding the user")
-    tls: bool = False
-    tls_ca_file: str | None = None
-    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                     description="environment variable holding the password")
-    password_file: str | None = Field(None, description="file whose first line is the password")
-    retry_seconds: float = Field(
-        120, ge=0, le=86400,
-        description="how long a run waits for an unreachable store before it stops")
-
-    @field_validator("uri")
-    @classmethod
-    def _mongodb_uri(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if not is_mongodb_uri(value):
-            raise ValueError("must start with mongodb:// or mongodb+srv://")
-        if problem := password_problem(value):
-            raise ValueError(problem)
-        return value
-
-    @model_validator(mode="after")
-    def _backend_settings(self) -> StoreConfig:
-        if self.backend == "mongodb" and not self.uri:
-            raise ValueError("uri: required with backend mongodb "
-                             "(e.g. mongodb://user@host:27017)")
-        if self.password_env and self.password_file:
-            raise ValueError("password_file: give either password_env or password_file, not both")
-        return self
-
-    @property
-    def resolved_path(self) -> Path:
-        """The store folder, with ``~`` and environment variables expanded."""
-        return Path(os.path.expandvars(self.path)).expanduser().resolve()
-
-    @property
-    def location(self) -> str:
-        """Where the store is, for messages: a folder, or MongoDB host(s) and database."""
-        if self.backend == "mongodb":
-            return f"mongodb {uri_hosts(self.uri or '')}/{self.database}"
-        return str(self.resolved_path)
-
-    def redacted_dump(self) -> dict[str, Any]:
-        """``model_dump(mode="json")`` that is safe to store, log or print.
-
-        No field holds a password, and a password in the ``uri`` is refused at
-        validation; the ``uri`` is still masked here in case a config was built
-        without validation (``model_construct``).
-        """
-        data = self.model_dump(mode="json")
-        if data.get("uri"):
-            data["uri"] = redact_uri(data["uri"])
-        return data
-
-
-class SubmitConfig(_Section):
-    """How ``xtalloop submit`` hands a run to a cluster's workflow manager.
-
-    ``engine: fireworks`` adds the run as one FireWorks workflow to a
-    LaunchPad: the one described by ``launchpad_file`` (a FireWorks
-    ``my_launchpad.yaml``), or else the database ``launchpad_database`` on the
-    store's MongoDB server, with the store's user and password settings.
-    ``engine: jobflow-remote`` submits the flow to the jobflow-remote
-    ``project`` for its ``worker``.
-    """
-
-    engine: Literal["fireworks", "jobflow-remote"] = "fireworks"
-    launchpad_file: str | None = Field(None, description="a FireWorks my_launchpad.yaml")
-    launchpad_database: str = Field("fireworks", pattern=r"^[^/\\. \"$]+$")
-    category: str | None = Field(
-        None, description="FireWorks _category: only fireworkers of this category run the jobs")
-    project: str | None = Field(None, description="jobflow-remote project name")
-    worker: str | None = Field(None, description="jobflow-remote worker name")
-    exec_config: str | None = Field(None, description="jobflow-remote exec_config name")
-    resources: dict[str, Any] | None = Field(
-        None, description="jobflow-remote resources of every job (e.g. nodes, time)")
 
 
 class RunConfig(_Section):

@@ -10,7 +10,8 @@ from xtalloop.dft.result import DftMaker
 
 def dft_maker(dft: DFTConfig, progress: bool = True,
               checkpoint_store: dict[str, Any] | None = None) -> DftMaker:
-    """A :class:`~xtalloop.dft.gpaw.GpawRelaxMaker` or :class:`~xtalloop.dft.vasp.VaspValidationMaker`.
+    """A :class:`~xtalloop.dft.gpaw.GpawRelaxMaker`, :class:`~xtalloop.dft.vasp.VaspValidationMaker`
+    or (``code: mlip``) :class:`~xtalloop.dft.mlip.MlipRelaxMaker`.
 
     Parameters
     ----------
@@ -22,6 +23,12 @@ def dft_maker(dft: DFTConfig, progress: bool = True,
         A dumped store configuration where GPAW saves each ionic step, so that a
         killed job's rerun starts from its last step.
     """
+    if dft.code == "mlip":
+        from xtalloop.dft.mlip import MlipRelaxMaker
+
+        mlip = dft.mlip
+        return MlipRelaxMaker(model=mlip.model, device=mlip.device, precision=mlip.precision,
+                              steps=mlip.steps, relax_kwargs={"fmax": mlip.fmax})
     if dft.code == "vasp":
         from xtalloop.dft.vasp import VaspValidationMaker
 
@@ -42,7 +49,11 @@ def dft_maker(dft: DFTConfig, progress: bool = True,
 
 def check_dft_runs_here(dft: DFTConfig, elements: list[str]) -> None:
     """Raise a one-line error unless the configured DFT code can run on this machine."""
-    if dft.code == "vasp":
+    if dft.code == "mlip":
+        from xtalloop.dft.mlip import check_mlip
+
+        check_mlip(dft.mlip.model, dft.mlip.device, dft.mlip.precision, elements)
+    elif dft.code == "vasp":
         from xtalloop.dft.vasp import check_vasp
 
         check_vasp(dft.vasp.vasp_cmd)
