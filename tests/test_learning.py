@@ -190,6 +190,9 @@ def test_holdout_is_fixed_per_structure_and_references_always_train():
         atoms.info["group"] = "uuid-new"
     _, later = split_frames(frames + grown, 1e-9)  # a later round: more structures
     assert {a.info["group"] for a in later} <= held | {"uuid-new"}
+    # every structure above the hash threshold: one is still left to train on
+    train, holdout = split_frames(frames, 1.0)
+    assert train and {a.info["group"] for a in holdout} == held
     single = frames[:2]  # one structure: nothing to hold out
     assert split_frames(single, 0.2) == (single, [])
     assert split_frames(frames, 0.0)[1] == []

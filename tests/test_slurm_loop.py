@@ -14,6 +14,7 @@ FireWorks, round 1's job folders are even deleted before round 2 starts.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -21,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pymatgen.core import Lattice, Structure
-
 from conftest import EmtRelaxAsDftMaker, assert_two_round_loop_done, with_two_round_loop
 from mongodb_server import PASSWORD_ENV
+from pymatgen.core import Lattice, Structure
 from test_fireworks import assert_nothing_duplicated, cli
 from test_jobflow_remote import jobflow_remote, write_config  # noqa: F401 (fixture)
 from test_slurm_fireworks import BIN, Cluster
@@ -34,8 +34,11 @@ from test_slurm_jobflow_remote import (  # noqa: F401 (fixture)
     RunnerThread,
     slurm_project,
 )
+
 from xtalloop.config import load_config
 from xtalloop.hpc.submit import run_status, submit
+from xtalloop.learn.registry import ModelRegistry
+from xtalloop.models.trust import trusted
 from xtalloop.store.results import open_results
 
 LOOP_ID = "slurm-loop"
@@ -68,9 +71,11 @@ def with_learning(path: Path, base: Path) -> None:
     with_two_round_loop(path)
     data = yaml.safe_load(path.read_text())
     data["compositions"] = ["Cu", "Au", "CuAu"]
+    data["generate"]["seed"] = 1
     data["generate"]["sources"] = [{"n": 3}, {"kind": "diffusion", "n": 2,
                                               "checkpoint": str(base)}]
-    data["prefilter"] = {"model": "registry", "base_model": "emt", "top_k": 1, "steps": 100}
+    # two DFT relaxations per element: round 1's energy model has enough to train on
+    data["prefilter"] = {"model": "registry", "base_model": "emt", "top_k": 2, "steps": 100}
     data["learn"] = {
         "energy_model": {"enabled": True, "ensemble_size": 1, "epochs": 4, "num_channels": 8,
                          "r_max": 4.0, "min_structures": 2, "holdout_fraction": 0.3},
@@ -86,21 +91,40 @@ def fresh_cache_per_job(caches: Path) -> str:
 
 
 class LoopCluster(Cluster):
-    """:class:`test_slurm_fireworks.Cluster` whose jobs start with an empty cache each."""
+    """:class:`test_slurm_fireworks.Cluster` whose queue jobs start with an empty cache each."""
 
     def qlaunch_into(self, launches: Path, query: dict | None = None) -> str:
-        """One queue job that runs what is ready, in ``launches``; FireWorks matching ``query``."""
+        """One queue job that runs what is ready, in ``launches``; FireWorks matching ``query``.
+
+        As :meth:`Cluster.qlaunch`, with one more line in the job script's
+        ``pre_rocket``: the job's own empty ``$XTALLOOP_CACHE``.
+        """
         launches.mkdir()
         self.launches = launches
         worker = yaml.safe_load((self.fw / "my_fworker.yaml").read_text())
-        worker["query"] = yaml.safe_dump(query or {}, default_flow_style=True).strip()
+        worker["query"] = json.dumps(query or {})  # FireWorks reads it as JSON
         (self.fw / "my_fworker.yaml").write_text(yaml.safe_dump(worker))
-        self.qadapter = {**self.qadapter, "pre_rocket": "\n".join([
-            f"source {BIN}/activate", "export OMP_NUM_THREADS=1",
-            fresh_cache_per_job(launches.parent / "caches")])}
-        job = self.qlaunch()
+        qadapter = {**self.qadapter, "queue": self.slurm.partition, "account": "xtalloop-test",
+                    "walltime": "00:10:00", "ntasks_per_node": 1, "job_name": "xtalloop-test",
+                    "logdir": str(launches),
+                    "rocket_launch": f"rlaunch -l {self.fw}/my_launchpad.yaml "
+                                     f"-w {self.fw}/my_fworker.yaml rapidfire --max_loops 1",
+                    "pre_rocket": "\n".join([f"source {BIN}/activate", "export OMP_NUM_THREADS=1",
+                                             fresh_cache_per_job(launches.parent / "caches")])}
+        assert qadapter.keys() == self.qadapter.keys()
+        (self.fw / "my_qadapter.yaml").write_text(yaml.safe_dump(qadapter))
+        before = set(self.slurm.jobs())
+        out = self.slurm.run([str(BIN / "qlaunch"), "-l", f"{self.fw}/my_launchpad.yaml",
+                              "-w", f"{self.fw}/my_fworker.yaml",
+                              "-q", f"{self.fw}/my_qadapter.yaml", "--launch_dir",
+                              str(launches), "rapidfire", "--nlaunches", "1"], env=self.env)
+        new = set(self.slurm.jobs()) - before
+        assert len(new) == 1, out
+        job = new.pop()
         self.slurm.wait_until(lambda: job not in self.slurm.jobs(), 540,
                               f"queue job {job} did not finish")
+        script = next(launches.rglob("FW_submit.script")).read_text()
+        assert "export XTALLOOP_CACHE=$(mktemp -d " in script
         return job
 
 
@@ -115,8 +139,8 @@ def test_two_round_loop_through_fireworks_qlaunch(tmp_path, slurm_cluster, mongo
                     relax_maker=EmtRelaxAsDftMaker(steps=100, relax_kwargs={"fmax": 0.02}))
     assert record["kind"] == "loop"
 
-    # round 1 only: this worker leaves the job that plans round 2 in the queue
-    cluster.qlaunch_into(tmp_path / "launches-1", {"name": {"$ne": "loop round 2"}})
+    # round 1 only: this worker leaves the job that plans round 2 ("... round 2") queued
+    cluster.qlaunch_into(tmp_path / "launches-1", {"name": {"$not": {"$regex": " round 2$"}}})
     with open_results(config.store) as db:
         [first] = db.rounds(LOOP_ID)
     assert first["status"] == "completed", first
@@ -135,7 +159,7 @@ def test_two_round_loop_through_fireworks_qlaunch(tmp_path, slurm_cluster, mongo
         [str(BIN / "xtalloop"), "model", "trust", learned["model_id"],
          "--uri", f"{mongo_config.uri}/?authSource=admin", "--database", mongo_config.database,
          "--password-env", PASSWORD_ENV],
-        env=cluster.env, capture_output=True, text=True, timeout=120)
+        env=cluster.env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and f"trusted registry model {learned['model_id']}" in out.stdout, (
         out.stdout + out.stderr)
     cluster.qlaunch_into(tmp_path / "launches-2")
@@ -161,7 +185,7 @@ def test_two_round_loop_through_fireworks_qlaunch(tmp_path, slurm_cluster, mongo
 
 @pytest.mark.slow
 def test_two_round_loop_through_jobflow_remote_slurm_worker(tmp_path, mongo_config,
-                                                            slurm_cluster, slurm_project):
+                                                            slurm_cluster, slurm_project):  # noqa: F811
     started = time.monotonic()
     # each SLURM job: its own folder below the worker's work_dir, its own empty cache
     project_file = Path(slurm_project["base_dir"]).parent / f"{PROJECT}.yaml"
@@ -209,6 +233,13 @@ def test_two_round_loop_through_jobflow_remote_slurm_worker(tmp_path, mongo_conf
     fetched = [c for c in (tmp_path / "caches").iterdir()
                if (c / "generators" / f"{digest}.pt").is_file()]
     assert len(fetched) >= 1
-    if learned["promoted"]:
+    # the SLURM job that trained it put it on the trust list that sbatch's environment
+    # ($XTALLOOP_TRUST) names for every job: this host's, so the next jobs may load it
+    with open_results(config.store) as db:
+        files = ModelRegistry(db).get(learned["model_id"])["files"]
+    assert files and {f["sha256"] for f in files} <= set(trusted())
+    if learned["promoted"]:  # fetched from the store, trusted through the shared trust list
         assert learned["model_id"] in second["energy_model_used"]
+        assert any(p.name.startswith(f"{learned['model_id']}-")
+                   for c in (tmp_path / "caches").iterdir() for p in c.rglob("*"))
     print(f"jobflow-remote loop through SLURM: {time.monotonic() - started:.0f} s")

@@ -130,11 +130,15 @@ def split_frames(frames: Iterable[Atoms], holdout_fraction: float
     With few structures the hash may hold out none; then the structure of
     smallest hash is held out (given at least two). That keeps the split
     safe across rounds: the store only grows, so a later round's smallest
-    hash is this one or a structure no earlier model trained on.
+    hash is this one or a structure no earlier model trained on. It may also
+    hold out all of them; then only the one of smallest hash stays held out,
+    so that something is left to train on.
     """
     frames = list(frames)
     held = {g for g in groups(frames) if is_holdout(g, holdout_fraction)}
     candidates = [g for g in groups(frames) if not g.startswith("reference:")]
+    if held and held.issuperset(groups(frames)) and len(candidates) >= 2:
+        held = {min(candidates, key=_hash_fraction)}
     if not held and holdout_fraction > 0 and len(candidates) >= 2:
         held = {min(candidates, key=_hash_fraction)}
     train = [a for a in frames if a.info["group"] not in held]

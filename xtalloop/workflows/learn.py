@@ -99,6 +99,10 @@ class EnergyModelTrainingMaker(Maker):
             return EnergyModelTraining(reason=reason)
 
         train, holdout = split_frames(frames, self.holdout_fraction)
+        if not train:  # e.g. every structure held out: nothing left to learn from
+            reason = f"no training frames once {len(groups(holdout))} structure(s) are held out"
+            logger.info("energy model not trained: %s", reason)
+            return EnergyModelTraining(reason=reason)
         holdout = covered(holdout, elements_of(train))  # a new element cannot be tested yet
         parent_spec, parent_id = resolve_model(self.prefilter_model, self.base_model, self.store)
         parent = load_energy_model(parent_spec)

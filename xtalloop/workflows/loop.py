@@ -135,7 +135,8 @@ class LoopRoundMaker(Maker):
         record.name = f"record round {round_index}"
         record.config.on_missing_references = OnMissing.NONE
         following = self.make(round_index + 1, record.output)
-        following.name = f"{self.name} round {round_index + 1}"
+        # naming a maker's job renames the maker too (jobflow): keep the base name only
+        following.name = f"{self.name.split(' round ')[0]} round {round_index + 1}"
         flows += [record, following]
         return Response(replace=Flow(flows, output=following.output,
                                      name=f"{config.name} round {round_index}"))

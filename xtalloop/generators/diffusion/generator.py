@@ -177,6 +177,13 @@ class DiffusionGenerator:
                 f[f >= 1.0] = 0.0
                 z_atoms = types[offset : offset + count]
                 offset += count
+                # an undertrained model can diverge: a NaN (or flat) cell crashes the
+                # prefilter's relaxation (ASE's neighbour list), so it is dropped here
+                volume = abs(np.linalg.det(lattices[k])) if np.isfinite(lattices[k]).all() else 0
+                if not (np.isfinite(f).all() and volume > 0):
+                    logger.warning("dropped a diverged %s sample (cell volume %.3g)",
+                                   reduced.reduced_formula, volume)
+                    continue
                 structure = Structure(Lattice(lattices[k]), z_atoms, f)
                 candidates.append(
                     Candidate(
