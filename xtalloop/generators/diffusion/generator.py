@@ -16,6 +16,9 @@ from xtalloop.generators.diffusion.diffusion import Schedules, sample
 
 logger = logging.getLogger(__name__)
 
+SAMPLE_ATTEMPTS = 4
+"""Times a diverged sample (flat or non-finite cell) is drawn again before it is given up."""
+
 
 def formula_unit_options(
     atoms_per_fu: int,
@@ -126,7 +129,13 @@ class DiffusionGenerator:
         return self._loaded
 
     def generate(self, composition: Composition, n: int, seed: int) -> list[Candidate]:
-        """Return ``n`` candidates of ``composition`` (none if no cell fits ``max_atoms``)."""
+        """Return ``n`` candidates of ``composition`` (none if no cell fits ``max_atoms``).
+
+        A sample that diverges (a flat or non-finite cell, which an undertrained
+        model makes and which would crash the prefilter's relaxation) is drawn
+        again, up to :data:`SAMPLE_ATTEMPTS` times; fewer than ``n`` come back
+        only if it keeps diverging.
+        """
         loaded = self.load()
         assert self._schedules is not None
         device = self._torch_device()
@@ -156,47 +165,60 @@ class DiffusionGenerator:
         if self.lattice_clip_factor > 0 and loaded.lattice_abs_max:
             clip = self.lattice_clip_factor * loaded.lattice_abs_max
         candidates: list[Candidate] = []
-        for start in range(0, n, self.batch_size):
-            chunk = z_draws[start : start + self.batch_size]
-            types: list[int] = []
-            for z in chunk:
-                for el, c in zip(species, per_fu, strict=True):
-                    types.extend([el.Z] * (c * z))
-            num_atoms = torch.tensor([atoms_per_fu * z for z in chunk], device=device)
-            atom_types = torch.tensor(types, dtype=torch.long, device=device)
-            lattices, frac = sample(
-                loaded.model, self._schedules, atom_types, num_atoms, gen,
-                n_steps=n_steps, step_lr=self.step_lr, lattice_clip=clip,
-            )
-            lattices = lattices.double().cpu().numpy()
-            frac = frac.double().cpu().numpy()
-            offset = 0
-            for k, z in enumerate(chunk):
-                count = atoms_per_fu * z
-                f = np.mod(frac[offset : offset + count], 1.0)
-                f[f >= 1.0] = 0.0
-                z_atoms = types[offset : offset + count]
-                offset += count
-                # an undertrained model can diverge: a NaN (or flat) cell crashes the
-                # prefilter's relaxation (ASE's neighbour list), so it is dropped here
-                volume = abs(np.linalg.det(lattices[k])) if np.isfinite(lattices[k]).all() else 0
-                if not (np.isfinite(f).all() and volume > 0):
-                    logger.warning("dropped a diverged %s sample (cell volume %.3g)",
-                                   reduced.reduced_formula, volume)
-                    continue
-                structure = Structure(Lattice(lattices[k]), z_atoms, f)
-                candidates.append(
-                    Candidate(
-                        structure=structure,
-                        generator=self.name,
-                        seed=seed,
-                        index=start + k,
-                        metadata={
-                            "formula_units": z,
-                            "n_steps": n_steps,
-                            "step_lr": self.step_lr,
-                            "checkpoint_hash": loaded.checkpoint_hash[:16],
-                        },
-                    )
-                )
+        pending = z_draws
+        for _ in range(SAMPLE_ATTEMPTS):  # a diverged sample is drawn again
+            diverged: list[int] = []
+            for begin in range(0, len(pending), self.batch_size):
+                chunk = pending[begin : begin + self.batch_size]
+                structures = self._sample_chunk(loaded, species, per_fu, chunk, gen,
+                                                n_steps, clip, device)
+                for z, structure in zip(chunk, structures, strict=True):
+                    if structure is None:
+                        diverged.append(z)
+                        continue
+                    candidates.append(Candidate(
+                        structure=structure, generator=self.name, seed=seed,
+                        index=len(candidates),
+                        metadata={"formula_units": z, "n_steps": n_steps,
+                                  "step_lr": self.step_lr,
+                                  "checkpoint_hash": loaded.checkpoint_hash[:16]},
+                    ))
+            if not diverged:
+                break
+            logger.warning("%d %s sample(s) diverged (a flat or non-finite cell): drawn again",
+                           len(diverged), reduced.reduced_formula)
+            pending = diverged
         return candidates
+
+    def _sample_chunk(self, loaded: LoadedModel, species: list, per_fu: list[int],
+                      chunk: list[int], gen: torch.Generator, n_steps: int,
+                      clip: float | None, device: torch.device) -> list[Structure | None]:
+        """One batch of reverse diffusion: a structure per formula-unit count, ``None`` if
+        it diverged (a flat or non-finite cell, which would crash the prefilter)."""
+        atoms_per_fu = sum(per_fu)
+        types: list[int] = []
+        for z in chunk:
+            for el, c in zip(species, per_fu, strict=True):
+                types.extend([el.Z] * (c * z))
+        num_atoms = torch.tensor([atoms_per_fu * z for z in chunk], device=device)
+        atom_types = torch.tensor(types, dtype=torch.long, device=device)
+        lattices, frac = sample(
+            loaded.model, self._schedules, atom_types, num_atoms, gen,
+            n_steps=n_steps, step_lr=self.step_lr, lattice_clip=clip,
+        )
+        lattices = lattices.double().cpu().numpy()
+        frac = frac.double().cpu().numpy()
+        structures: list[Structure | None] = []
+        offset = 0
+        for k, z in enumerate(chunk):
+            count = atoms_per_fu * z
+            f = np.mod(frac[offset : offset + count], 1.0)
+            f[f >= 1.0] = 0.0
+            z_atoms = types[offset : offset + count]
+            offset += count
+            finite = np.isfinite(f).all() and np.isfinite(lattices[k]).all()
+            if not finite or abs(np.linalg.det(lattices[k])) < 1e-8:
+                structures.append(None)
+                continue
+            structures.append(Structure(Lattice(lattices[k]), z_atoms, f))
+        return structures
