@@ -19,7 +19,7 @@ from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Element, Molecule, Structure
 
-from xtalloop.dft.result import plain
+from xtalloop.dft.result import ase_task_result
 from xtalloop.references import is_molecular
 
 logger = logging.getLogger(__name__)
@@ -149,38 +149,15 @@ class GpawRelaxMaker(AseRelaxMaker):
 
         Returns ``None`` when the relaxation produced no document (a failed job).
         """
-        if task is None or task.output is None or task.output.energy is None:
+        result = ase_task_result(task)
+        if result is None:
             return None
-        structure = task.structure
-        trajectory = []
-        traj = (task.objects or {}).get("trajectory")
-        frames = getattr(traj, "frame_properties", None)
-        if traj is not None and frames:
-            for i, props in enumerate(frames):
-                trajectory.append({
-                    "structure": traj.get_structure(i).as_dict(),
-                    "energy": props.get("energy"),
-                    "forces": plain(props.get("forces")),
-                    "stress": plain(props.get("stress")),
-                })
+        tags = task.tags or []
         return {
-            "structure": structure,
-            "energy": float(task.output.energy),
-            "energy_per_atom": float(task.output.energy) / len(structure),
-            "forces": plain(task.output.forces),
-            "stress_kbar": plain(task.output.stress),
-            # the optimiser's verdict (forces and, with the cell, stress) sets the state
-            "converged": bool(task.is_force_converged)
-            and str(getattr(task.state, "value", task.state)) == "successful",
-            "scf_remedies": [t.split(":", 1)[1] for t in (task.tags or [])
-                             if t.startswith("scf-remedy:")],
-            "relax_continuations": sum(t.startswith("relax-continued:")
-                                       for t in (task.tags or [])),
-            "n_ionic_steps": task.output.n_steps,
-            "elapsed_time": task.output.elapsed_time,
-            "dir_name": task.dir_name,
+            **result,
+            "scf_remedies": [t.split(":", 1)[1] for t in tags if t.startswith("scf-remedy:")],
+            "relax_continuations": sum(t.startswith("relax-continued:") for t in tags),
             "code_version": gpaw_version(),
-            "trajectory": trajectory,
         }
 
     def calculator_for(self, structure: Structure, remedy: dict[str, Any] | None = None):

@@ -23,7 +23,7 @@ from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Molecule, Structure
 
-from xtalloop.dft.result import plain
+from xtalloop.dft.result import ase_task_result
 from xtalloop.references import is_molecular
 
 
@@ -151,33 +151,11 @@ class MlipRelaxMaker(AseRelaxMaker):
 
         Returns ``None`` when the relaxation produced no document (a failed job).
         """
-        if task is None or task.output is None or task.output.energy is None:
+        result = ase_task_result(task)
+        if result is None:
             return None
-        structure = task.structure
-        trajectory = []
-        traj = (task.objects or {}).get("trajectory")
-        for i, props in enumerate(getattr(traj, "frame_properties", None) or []):
-            trajectory.append({
-                "structure": traj.get_structure(i).as_dict(),
-                "energy": props.get("energy"),
-                "forces": plain(props.get("forces")),
-                "stress": plain(props.get("stress")),
-            })
-        return {
-            "structure": structure,
-            "energy": float(task.output.energy),
-            "energy_per_atom": float(task.output.energy) / len(structure),
-            "forces": plain(task.output.forces),
-            "stress_kbar": plain(task.output.stress),
-            "converged": bool(task.is_force_converged)
-            and str(getattr(task.state, "value", task.state)) == "successful",
-            "scf_remedies": [],
-            "n_ionic_steps": task.output.n_steps,
-            "elapsed_time": task.output.elapsed_time,
-            "dir_name": task.dir_name,
-            "code_version": model_identity(self.model)["version"],
-            "trajectory": trajectory,
-        }
+        return {**result, "scf_remedies": [],
+                "code_version": model_identity(self.model)["version"]}
 
 
 def check_mlip(model: str, device: str, precision: str, elements: list[str]) -> None:

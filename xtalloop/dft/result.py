@@ -43,3 +43,36 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+def ase_task_result(task: Any) -> dict[str, Any] | None:
+    """The backend-independent part of the result dict from an atomate2 ASE task document.
+
+    GPAW and the ML validator both relax through atomate2's ASE makers; each
+    adds what only it knows (``scf_remedies``, ``code_version``, ...). ``None``
+    when the relaxation produced no document (a failed job).
+    """
+    if task is None or task.output is None or task.output.energy is None:
+        return None
+    structure = task.structure
+    traj = (task.objects or {}).get("trajectory")
+    trajectory = [{
+        "structure": traj.get_structure(i).as_dict(),
+        "energy": props.get("energy"),
+        "forces": plain(props.get("forces")),
+        "stress": plain(props.get("stress")),
+    } for i, props in enumerate(getattr(traj, "frame_properties", None) or [])]
+    return {
+        "structure": structure,
+        "energy": float(task.output.energy),
+        "energy_per_atom": float(task.output.energy) / len(structure),
+        "forces": plain(task.output.forces),
+        "stress_kbar": plain(task.output.stress),
+        # the optimiser's verdict (forces and, with the cell, stress) sets the state
+        "converged": bool(task.is_force_converged)
+        and str(getattr(task.state, "value", task.state)) == "successful",
+        "n_ionic_steps": task.output.n_steps,
+        "elapsed_time": task.output.elapsed_time,
+        "dir_name": task.dir_name,
+        "trajectory": trajectory,
+    }
