@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a looser spec pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	# GPAW's extension has C++ sources: compile it with g++
-	CC=g++ $(BIN)/python -m pip install -q -e ".[dft,hpc,test]"
+	CC=g++ $(BIN)/python -m pip install -q -e ".[dft,hpc,potentials,test]"
 	touch $(STAMP)
 
 clean:

@@ -11,11 +11,20 @@ the same held-out quaternary and quinary compositions with the same seeds.
 Only higher orders are evaluated: fine-tuning on them may well make binaries and
 ternaries worse, which this benchmark does not measure.
 
+With ``--generator wyckoff`` the same is asked of the Wyckoff generator: the
+base is a Wyckoff checkpoint (``--checkpoint``; trained here with the ``small``
+preset on binaries and ternaries if missing), each fine-tuning crystal is first
+described by its Wyckoff positions (those PyXtal cannot describe are skipped and
+counted), and fine-tuning keeps the parent's weights unless its held-out loss
+improves (:mod:`xtalloop.benchmark.arity_wyckoff`).
+
 Writes ``results.json``, ``results.md`` and ``match_rate.png`` to ``--out``.
 
 Example (the default run; with ``--prefilter chgnet`` it took 32 minutes on one thread)::
 
     OMP_NUM_THREADS=1 python benchmarks/arity_extension.py
+    OMP_NUM_THREADS=1 python benchmarks/arity_extension.py --generator wyckoff \
+        --checkpoint ckpt/wyckoff_binary_ternary.pt
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from xtalloop.benchmark.arity import (  # noqa: E402
     run_arity_benchmark,
     write_outputs,
 )
+from xtalloop.benchmark.arity_wyckoff import run_wyckoff_arity_benchmark  # noqa: E402
 
 
 def floats(text: str) -> list[float]:
@@ -69,9 +79,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "model's data if it must be trained")
     parser.add_argument("--val", type=Path, default=data / "val.csv.gz",
                         help="held-out CSV (cif column, optional material_id)")
-    parser.add_argument("--base-checkpoint", type=Path, default=REPO / "ckpt" / "small_cpu.pt",
-                        help="diffusion checkpoint trained on binaries+ternaries "
-                             "(trained here if missing)")
+    parser.add_argument("--generator", choices=("diffusion", "wyckoff"), default="diffusion",
+                        help="the generator fine-tuned and scored")
+    parser.add_argument("--base-checkpoint", "--checkpoint", dest="base_checkpoint", type=Path,
+                        default=None,
+                        help="checkpoint of --generator's kind trained on binaries+ternaries "
+                             "(trained here if missing; default ckpt/small_cpu.pt, for "
+                             "wyckoff ckpt/wyckoff_binary_ternary.pt)")
     parser.add_argument("--base-minutes", type=float, default=42.0,
                         help="time box of the base training, only if the checkpoint is missing")
     parser.add_argument("--base-max-atoms", type=int, default=12,
@@ -92,14 +106,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="held-out compositions per arity (4 and 5 elements)")
     parser.add_argument("--k", type=ints, default=[1, 20], help="top-k match rates to report")
     parser.add_argument("--n-steps", type=int, default=100,
-                        help="reverse diffusion steps (respaced sampler)")
+                        help="reverse diffusion steps (respaced sampler; diffusion only)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the Wyckoff generator (wyckoff only)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of Wyckoff fine-tuning and sampling (wyckoff only)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of subsets, held-out draw, sampling and fine-tuning")
     parser.add_argument("--prefilter", default=None,
                         help="energy model (chgnet, emt, MACE path) that re-ranks each "
                              "composition's candidates by energy per atom: 'ranked match@1'")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" /
-                        "arity_extension", help="output folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default benchmarks/results/arity_extension, "
+                             "for wyckoff arity_extension_wyckoff)")
     parser.add_argument("--ckpt-dir", type=Path, default=None,
                         help="folder of the fine-tuned checkpoints (default: "
                              "ckpt/arity_extension/<name of --out>)")
@@ -110,6 +129,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.finetune_epochs = 150
     if args.n_per_arity < 1:
         parser.error("--n-per-arity must be positive")
+    if args.temperature <= 0:
+        parser.error("--temperature must be positive")
+    wyckoff = args.generator == "wyckoff"
+    if args.base_checkpoint is None:
+        args.base_checkpoint = REPO / "ckpt" / ("wyckoff_binary_ternary.pt" if wyckoff
+                                                else "small_cpu.pt")
+    if args.out is None:
+        args.out = REPO / "benchmarks" / "results" / ("arity_extension_wyckoff" if wyckoff
+                                                       else "arity_extension")
     return args
 
 
@@ -126,13 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 batch_size=args.finetune_batch_size,
                                 lr_factor=args.finetune_lr_factor, seed=args.seed)
     print(f"fine-tuning budget: {settings.describe()}", flush=True)
-    result = run_arity_benchmark(
+    common = dict(
         train_csv=args.train, val_csv=args.val, base_checkpoint=args.base_checkpoint,
         ckpt_dir=ckpt_dir, fractions=args.fractions, n_per_arity=args.n_per_arity, ks=args.k,
-        n_steps=args.n_steps, finetune_settings=settings, seed=args.seed,
-        base_minutes=args.base_minutes, base_max_atoms=args.base_max_atoms,
-        prefilter=args.prefilter, progress=not args.no_progress,
+        finetune_settings=settings, seed=args.seed, base_minutes=args.base_minutes,
+        base_max_atoms=args.base_max_atoms, prefilter=args.prefilter,
+        progress=not args.no_progress,
     )
+    if args.generator == "wyckoff":
+        result = run_wyckoff_arity_benchmark(**common, temperature=args.temperature,
+                                             device=args.device)
+    else:
+        result = run_arity_benchmark(**common, n_steps=args.n_steps)
     result["settings"]["command"] = " ".join(["python", *sys.argv])
     result["settings"]["threads"] = args.threads
     paths = write_outputs(result, args.out)

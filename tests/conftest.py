@@ -223,3 +223,18 @@ def assert_two_round_loop_done(config, loop_id: str, state: dict) -> None:
     assert state["counts"]["failed"] == 0 and state["counts"]["waiting"] == 0
     assert {d["formula"] for d in state["validated"]} == {"Cu", "Au", "CuAu"}
     assert [r["round"] for r in state["rounds"]] == [1, 2]
+
+
+# --- a tiny Wyckoff generator checkpoint ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_wyckoff(tmp_path_factory) -> Path:
+    """A Wyckoff checkpoint trained for seconds on 40 MP-20 crystals (wyckoff_checkpoint.py)."""
+    from wyckoff_checkpoint import MP20_VAL, build_tiny_checkpoint
+
+    if not MP20_VAL.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"the shared data is not here: {MP20_VAL}")
+        pytest.skip(f"the shared data is not here: {MP20_VAL}")
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("wyckoff") / "tiny.pt")

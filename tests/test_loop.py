@@ -50,7 +50,7 @@ def test_loop_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"loop.schedule\[0\].arities"):
         load_config(config)
     config.write_text("name: x\ncompositions: [NaCl]\nlearn: {generator: {enabled: true}}\n")
-    with pytest.raises(ConfigError, match="needs a diffusion source"):
+    with pytest.raises(ConfigError, match="needs a diffusion or wyckoff source"):
         load_config(config)
 
 

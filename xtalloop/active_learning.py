@@ -136,6 +136,20 @@ def plan_round(config: RunConfig, rounds: list[dict[str, Any]], round_index: int
                      deferred=deferred, top_k=top_k, seed=seed)
 
 
+#: Source kinds whose checkpoint a loop fine-tunes and hands on to the next round.
+LEARNED_KINDS: tuple[str, ...] = ("diffusion", "wyckoff")
+
+
+def learned_source(sources: tuple[Any, ...] | list[Any]) -> Any | None:
+    """The source whose generator the loop fine-tunes: the first diffusion or Wyckoff one.
+
+    One checkpoint is learned per loop, so with both kinds configured only the
+    first one's sources sample the fine-tuned checkpoint (a diffusion model
+    cannot read a Wyckoff checkpoint, nor the other way round).
+    """
+    return next((s for s in sources if s.kind in LEARNED_KINDS), None)
+
+
 def round_config(config: RunConfig, plan: RoundPlan, generator_checkpoint: str | None
                  ) -> RunConfig:
     """The run configuration of one round: its compositions, seed, picks and generator.
@@ -147,12 +161,14 @@ def round_config(config: RunConfig, plan: RoundPlan, generator_checkpoint: str |
     plan
         The round's plan.
     generator_checkpoint
-        Replaces the checkpoint of the ``diffusion`` sources (the one the
-        previous round fine-tuned); ``None`` keeps the configured one.
+        Replaces the checkpoint of the sources of the learned kind (see
+        :func:`learned_source`; the one the previous round fine-tuned);
+        ``None`` keeps the configured one.
     """
+    learned = learned_source(config.generate.sources)
     sources = tuple(
         s.model_copy(update={"checkpoint": generator_checkpoint})
-        if s.kind == "diffusion" and generator_checkpoint else s
+        if generator_checkpoint and learned is not None and s.kind == learned.kind else s
         for s in config.generate.sources
     )
     return config.model_copy(update={

@@ -17,6 +17,7 @@ from xtalloop.cli_db import (
 )
 from xtalloop.cli_errors import user_errors
 from xtalloop.cli_generator import generator_app
+import xtalloop.cli_wyckoff  # noqa: F401,E402  (registers generator train-wyckoff)
 from xtalloop.cli_model import model_app
 from xtalloop.cli_hpc import rerun_failed, status, submit
 from xtalloop.errors import XtalloopError

@@ -9,7 +9,8 @@ and ``results.md``, the table also printed to the terminal.
 
 Defaults follow the evaluated table (:mod:`xtalloop.benchmark.references`):
 templates from the ``train_partial`` split beside it, with any template that
-is one of its rows refused, and cells up to its largest. With ``--relax`` the
+is one of its rows refused, the shipped Wyckoff checkpoint trained on the same
+data set's train split, and cells up to its largest. With ``--relax`` the
 candidates of each composition are relaxed in one batch and ``ranked@1``
 (whether the lowest-energy candidate matches) is reported beside match@k.
 """
@@ -42,13 +43,18 @@ class GeneratorKind(str, Enum):
     prototype_substitution = "prototype_substitution"
     diffusion = "diffusion"
     templates_then_diffusion = "templates+diffusion"
+    wyckoff = "wyckoff"
+    templates_then_wyckoff = "templates+wyckoff"
 
 
 DEFAULT_MAX_ATOMS = 20  # MP-20's largest cell
 
 #: Generators that substitute into templates (they need a reference table).
 TEMPLATE_KINDS = frozenset({GeneratorKind.prototype_substitution,
-                            GeneratorKind.templates_then_diffusion})
+                            GeneratorKind.templates_then_diffusion,
+                            GeneratorKind.templates_then_wyckoff})
+#: Generators that sample the Wyckoff model (they need a Wyckoff checkpoint).
+WYCKOFF_KINDS = frozenset({GeneratorKind.wyckoff, GeneratorKind.templates_then_wyckoff})
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -83,6 +89,7 @@ def build_generators(
     n_steps: int | None = None,
     device: str = "cpu",
     default_max_atoms: int = DEFAULT_MAX_ATOMS,
+    wyckoff_checkpoint: Path | None = None,
 ) -> list[Any]:
     """One generator per distinct kind, in the order given, checked before any run.
 
@@ -103,15 +110,24 @@ def build_generators(
     device
         Torch device of the diffusion generator.
     default_max_atoms
-        Largest cell of the template and random generators when ``max_atoms`` is None.
+        Largest cell of the template, random and Wyckoff generators when ``max_atoms``
+        is None.
+    wyckoff_checkpoint
+        Wyckoff checkpoint (needed for ``wyckoff`` and ``templates+wyckoff``); it
+        is loaded once, here, and shared by both.
 
     Raises
     ------
     ConfigError, DataError
-        A diffusion generator without a readable checkpoint, a missing reference table.
+        A diffusion or Wyckoff generator without a readable checkpoint, a missing
+        reference table.
     """
     generators: list[Any] = []
     cap = max_atoms or default_max_atoms
+    if WYCKOFF_KINDS.intersection(kinds):
+        from xtalloop.cli_wyckoff import wyckoff_generator
+
+        wyckoff = wyckoff_generator(cap, wyckoff_checkpoint, device)
     for kind in dict.fromkeys(kinds):
         if kind is GeneratorKind.random_symmetric:
             from xtalloop.generators.random_symmetric import RandomSymmetricGenerator
@@ -121,6 +137,13 @@ def build_generators(
             generators.append(_prototype_generator(cap, reference_csv))
         elif kind is GeneratorKind.diffusion:
             generators.append(_diffusion_generator(max_atoms, checkpoint, n_steps, device))
+        elif kind is GeneratorKind.wyckoff:
+            generators.append(wyckoff)
+        elif kind is GeneratorKind.templates_then_wyckoff:
+            from xtalloop.generators.pooled import PooledGenerator
+
+            generators.append(PooledGenerator([_prototype_generator(cap, reference_csv), wyckoff],
+                                              name=kind.value))
         else:
             from xtalloop.generators.pooled import PooledGenerator
 
@@ -264,7 +287,9 @@ def write_combined(
     json_path = out / "results.json"
     combined = combined_results(results, relax_model, settings)
     json_path.write_text(json.dumps(combined, indent=2) + "\n")
-    table = summary_markdown(results, relax_model)
+    from xtalloop.benchmark.subsets import no_template_markdown
+
+    table = summary_markdown(results, relax_model) + no_template_markdown(results)
     md_path = out / "results.md"
     md_path.write_text(table)
     return json_path, md_path, table
@@ -284,6 +309,10 @@ def csp(
     k: str = typer.Option("1,20", "--k", help="Candidates per composition at which to "
                                                "report, comma-separated."),
     checkpoint: Path | None = typer.Option(None, help="Checkpoint of the diffusion generator."),
+    wyckoff_checkpoint: Path | None = typer.Option(
+        None, help="Checkpoint of the Wyckoff generator (default: the shipped one trained on "
+                   "the train split of --data's data set: wyckoff-mp20.pt for mp_20, "
+                   "wyckoff-mpts52.pt for mpts_52, else wyckoff.pt)."),
     reference_csv: str | None = typer.Option(
         None, help="Templates of prototype_substitution (default: train_partial.csv.gz beside "
                    "--data); templates whose material_id is a row of --data are refused."),
@@ -292,10 +321,11 @@ def csp(
                           "--data; diffusion: the checkpoint's largest training cell)."),
     n_steps: int | None = typer.Option(None, min=1, help="Reverse steps of the diffusion "
                                                          "sampler (default: all)."),
-    device: str = typer.Option("cpu", help="Torch device of the diffusion generator and relaxer."),
+    device: str = typer.Option("cpu", help="Torch device of the learned generators and relaxer."),
     relax: str | None = typer.Option(None, help="Relax each composition's candidates in one "
-                                                "batch with this ML model (chgnet, emt or a "
-                                                "MACE .model file) and report ranked@1."),
+                                                "batch with this ML model (chgnet, sevennet, "
+                                                "sevennet:7net-0, diep, emt or a MACE model "
+                                                "file) and report ranked@1."),
     relax_fmax: float = typer.Option(0.05, min=0.0, help="Relaxation force threshold (eV/Å)."),
     relax_steps: int = typer.Option(300, min=1, help="Relaxation step limit."),
     seed: int = typer.Option(0, help="Seeds the composition sample and every generator call."),
@@ -306,6 +336,7 @@ def csp(
     from xtalloop.benchmark import run_csp_benchmark, write_results
     from xtalloop.benchmark.references import (
         default_reference_csv,
+        default_wyckoff_checkpoint,
         largest_cell,
         prepare_templates,
     )
@@ -320,6 +351,12 @@ def csp(
         typer.echo(f"warning: --max-atoms {max_atoms} is below the largest cell of {data.name} "
                    f"({data_max_atoms} atoms); larger targets cannot be matched", err=True)
     settings: dict[str, Any] = {"max_atoms": max_atoms or data_max_atoms}
+    if WYCKOFF_KINDS.intersection(generator):  # checked before the templates are prepared
+        from xtalloop.cli_wyckoff import checked_wyckoff
+
+        wyckoff_checkpoint = checked_wyckoff(wyckoff_checkpoint or default_wyckoff_checkpoint(data))
+        typer.echo(f"wyckoff checkpoint: {wyckoff_checkpoint}")
+        settings["wyckoff_checkpoint"] = str(wyckoff_checkpoint)
     templates = None
     if TEMPLATE_KINDS.intersection(generator):
         reference = reference_csv or default_reference_csv(data)
@@ -338,7 +375,8 @@ def csp(
                                  "n_unreadable": templates.n_unreadable}
     generators = build_generators(generator, max_atoms, checkpoint,
                                   str(templates.path) if templates else None, n_steps, device,
-                                  default_max_atoms=data_max_atoms)
+                                  default_max_atoms=data_max_atoms,
+                                  wyckoff_checkpoint=wyckoff_checkpoint)
     relax_fn = make_relax(relax, device, relax_fmax, relax_steps) if relax else None
     results: dict[str, dict[str, Any]] = {}
     for gen in generators:
@@ -351,6 +389,10 @@ def csp(
                        f"rows of {data.name} with an unreadable CIF", err=True)
         write_results(result, out / gen.name)
         results[gen.name] = result
+    if templates is not None:
+        from xtalloop.benchmark.subsets import mark_template_coverage
+
+        mark_template_coverage(results, str(templates.path), settings["max_atoms"])
     json_path, md_path, table_md = write_combined(results, out, relax, settings)
     typer.echo(table_md)
     typer.echo(f"results: {json_path}, {md_path}; per generator: "

@@ -4,7 +4,8 @@ The commands are thin wrappers of :mod:`xtalloop.generators.diffusion`:
 ``train`` and ``finetune`` call :func:`~xtalloop.generators.diffusion.train`
 with a preset (or the parent checkpoint's settings) and a few overrides;
 ``sample`` asks a :class:`~xtalloop.generators.diffusion.DiffusionGenerator`
-for structures of one composition and writes them as CIFs. Problems with the
+(or, for a Wyckoff checkpoint, :mod:`xtalloop.cli_wyckoff`) for structures of
+one composition and writes them as CIFs. Problems with the
 user's files or formula are reported as one ``error:`` line with exit code 2.
 """
 
@@ -29,7 +30,7 @@ generator_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train, fine-tune and sample the diffusion generator.",
+    help="Train, fine-tune and sample the diffusion and Wyckoff generators.",
 )
 
 
@@ -383,7 +384,10 @@ def finetune(
 @generator_app.command()
 @user_errors
 def sample(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained checkpoint."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Trained checkpoint "
+                                           "(diffusion or Wyckoff: told apart by its format)."),
+    kind: str | None = typer.Option(None, "--kind", help="diffusion or wyckoff (default: the "
+                                    "checkpoint's); wyckoff without --checkpoint: shipped model."),
     composition: str = typer.Option(..., "--composition", help="Formula, e.g. Li3PS4."),
     n: int = typer.Option(10, "--n", min=1, help="Structures to sample (at most 10000)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives identical files (on CPU)."),
@@ -401,11 +405,12 @@ def sample(
     threads: int | None = typer.Option(None, min=1, help="Torch CPU threads."),
 ) -> None:
     """Sample structures of one composition and write one CIF per structure."""
+    from xtalloop.cli_wyckoff import sample_kind, sample_wyckoff, write_samples
     from xtalloop.composition import parse_composition
     from xtalloop.config import MAX_CANDIDATES
     from xtalloop.generators.diffusion import DiffusionGenerator
     from xtalloop.generators.diffusion.generator import formula_unit_options
-    from xtalloop.preflight import check_output_folder, writing_into
+    from xtalloop.preflight import check_output_folder
 
     if n > MAX_CANDIDATES:
         raise ConfigError(f"--n: at most {MAX_CANDIDATES} structures per call, not {n}: all are "
@@ -414,8 +419,8 @@ def sample(
     check_output_folder(out, "--out")
     check_device(device.value)
     set_threads(threads)
-    if not checkpoint.is_file():
-        raise DataError(f"checkpoint not found: {checkpoint}")
+    if sample_kind(checkpoint, kind) == "wyckoff":
+        return sample_wyckoff(checkpoint, reduced, n, seed, out, max_atoms, device.value, symprec)
     generator = DiffusionGenerator(
         checkpoint=str(checkpoint), n_steps=n_steps, step_lr=step_lr, device=device.value,
         formula_units=tuple(formula_units) if formula_units else None, max_atoms=max_atoms,
@@ -434,10 +439,4 @@ def sample(
     if not zs:
         raise CompositionError(f"no cell of {reduced.reduced_formula} fits within {limit} atoms "
                                "(pass --max-atoms or other --formula-units)")
-    candidates = generator.generate(reduced, n, seed)
-    with writing_into(out, "--out"):
-        for candidate in candidates:
-            name = f"{reduced.reduced_formula}_s{seed}_{candidate.index:03d}.cif"
-            (out / name).write_text(candidate.structure.to(fmt="cif"))
-            typer.echo(sample_line(name, candidate.structure, symprec))
-    typer.echo(f"wrote {len(candidates)} CIFs to {out}")
+    write_samples(generator.generate(reduced, n, seed), reduced, seed, out, symprec)

@@ -21,79 +21,16 @@ from xtalloop.config_checks import (  # noqa: F401
     MAX_CANDIDATES, CandidateCount, TorchDevice, config_error_message, device_choice,
 )
 from xtalloop.config_dft import DFTConfig, MlipSettings, VaspSettings  # noqa: F401
+from xtalloop.config_sources import (  # noqa: F401
+    DiffusionSource, GeneratorSource, PrototypeSubstitutionSource, RandomSymmetricSource,
+    WyckoffSource,
+)
 from xtalloop.config_store import StoreConfig, SubmitConfig  # noqa: F401
 from xtalloop.errors import CompositionError, ConfigError
 from xtalloop.uri import (  # noqa: F401
     is_mongodb_uri, password_problem, redact_uri, uri_hosts, uri_netloc,
 )
 from xtalloop.yamlfile import read_yaml
-
-
-class RandomSymmetricSource(_Section):
-    """Random symmetric Wyckoff sampling with PyXtal."""
-
-    kind: Literal["random_symmetric"] = "random_symmetric"
-    n: CandidateCount = Field(24, ge=1, description="candidates per composition")
-    formula_units: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1)
-    volume_factor: float = Field(1.1, gt=0)
-    min_distance_factor: float = Field(0.6, ge=0)
-    space_group_prior: Literal["mp20", "uniform"] = "mp20"
-    prior_power: float = Field(1.0, ge=0)
-
-    @field_validator("formula_units")
-    @classmethod
-    def _positive_units(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(z < 1 for z in value):
-            raise ValueError(f"formula units per cell are 1 or more, not {min(value)}")
-        return value
-
-
-class PrototypeSubstitutionSource(_Section):
-    """Known structures of the same stoichiometry with the target's elements swapped in."""
-
-    kind: Literal["prototype_substitution"]
-    n: CandidateCount = Field(10, ge=1)
-    reference_csv: str = Field("../shared/data/mp_20/train_partial.csv.gz", validate_default=True,
-                               description="CSV of known structures with a 'cif' column; "
-                               "relative to the working directory")
-    explore: float = Field(0.0, ge=0)
-
-    @field_validator("reference_csv")
-    @classmethod
-    def _readable_table(cls, value: str) -> str:
-        from xtalloop.preflight import check_structure_table
-
-        check_structure_table(value)
-        return value
-
-
-class DiffusionSource(_Section):
-    """A trained diffusion-model checkpoint."""
-
-    kind: Literal["diffusion"]
-    n: CandidateCount = Field(10, ge=1)
-    checkpoint: str
-    n_steps: int | None = Field(None, ge=1)
-    device: Annotated[str, device_choice("cpu, cuda, cuda:N, mps or auto",
-                                   r"cpu|mps|auto|cuda(:\d+)?")] = "cpu"
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _readable_checkpoint(cls, value: str) -> str:
-        """A missing, damaged or unsafe checkpoint is found now, not inside a job."""
-        from xtalloop.generators.diffusion.checkpoint import CheckpointError, check_checkpoint
-
-        try:
-            check_checkpoint(value)
-        except CheckpointError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-
-GeneratorSource = Annotated[
-    RandomSymmetricSource | PrototypeSubstitutionSource | DiffusionSource,
-    Field(discriminator="kind"),
-]
 
 
 class GenerateConfig(_Section):
@@ -132,7 +69,8 @@ class PrefilterConfig(_Section):
     eV/atom); 0 is pure exploitation.
     """
 
-    model: str = Field("chgnet", description="'chgnet', 'emt', 'registry', a MACE model file "
+    model: str = Field("chgnet", description="'chgnet', 'sevennet' ('sevennet:7net-0'), 'diep', "
+                       "'emt', 'registry', a MACE model file "
                        "or a folder of MACE model files (an ensemble)")
     base_model: str = Field("chgnet", description="used by model: registry until the "
                             "registry has a promoted model")
@@ -318,9 +256,9 @@ class RunConfig(_Section):
         if self.loop is not None:
             self._check_loop(self.loop)
         if self.learn.generator.enabled and not any(
-                s.kind == "diffusion" for s in self.generate.sources):
-            raise ValueError("learn: generator fine-tuning needs a diffusion source in "
-                             "generate.sources")
+                s.kind in ("diffusion", "wyckoff") for s in self.generate.sources):
+            raise ValueError("learn: generator fine-tuning needs a diffusion or wyckoff "
+                             "source in generate.sources")
         return self
 
     def _check_loop(self, loop: LoopConfig) -> None:

@@ -14,14 +14,23 @@ class _Section(BaseModel):
 
 
 def _check_model_spec(value: str, registry: bool) -> str:
-    if value in ("chgnet", "emt") or (registry and value == "registry"):
+    from xtalloop.errors import XtalloopError
+    from xtalloop.models.pretrained import NAMES, canonical_name
+
+    if value == "emt" or (registry and value == "registry"):
         return value
+    try:
+        if canonical_name(value) is not None:  # chgnet, sevennet[:...], diep
+            return value
+    except XtalloopError as exc:  # an unknown variant, a package not installed
+        raise ValueError(str(exc)) from None
     path = Path(value).expanduser()
     if path.is_dir() and (any(path.glob("*.mace.json")) or any(path.glob("*.model"))):
         return value  # an ensemble: one MACE model file per member
     if not value.endswith((".model", ".mace.json")):
         also = "'registry', " if registry else ""
-        raise ValueError(f"unknown model {value!r}: use 'chgnet', 'emt', {also}a MACE model "
+        names = ", ".join(repr(n) for n in NAMES)
+        raise ValueError(f"unknown model {value!r}: use {names}, 'emt', {also}a MACE model "
                          "file (.mace.json, or a trusted .model) or a folder of them "
                          "(an ensemble)")
     if not path.is_file():

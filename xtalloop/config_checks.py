@@ -52,7 +52,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("random_symmetric", "prototype_substitution", "diffusion"):
+        elif item in ("random_symmetric", "prototype_substitution", "diffusion", "wyckoff"):
             continue  # discriminator tag pydantic inserts into the path
         else:
             parts.append(("." if parts else "") + str(item))

@@ -40,7 +40,8 @@ class MlipSettings(_Section):
     key ``mlip-<model>-<hash>``, so they never share a hull with DFT results.
     """
 
-    model: str = Field("chgnet", description="'chgnet', 'emt', a MACE model file or a "
+    model: str = Field("chgnet", description="'chgnet', 'sevennet', 'diep', 'emt', a MACE "
+                       "model file or a "
                        "folder of MACE model files (an ensemble)")
     device: TorchDevice = "cpu"
     precision: Literal["float64", "float32"] = Field("float64", description="MACE precision")

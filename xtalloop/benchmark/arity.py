@@ -242,18 +242,21 @@ def evaluate_model(
     seed: int,
     progress: bool = True,
     rerank: Callable[[list[Structure]], list[float]] | None = None,
+    generator: Any = None,
 ) -> dict[int, dict[str, Any]]:
     """CSP benchmark results of one checkpoint, per arity, on the given tables.
 
     Every arity's table is scored with the same ``seed`` (hence the same
     per-composition seeds for every checkpoint). With ``rerank`` (energies per
     atom of a list of structures), each composition's candidates are also
-    ordered by energy and ``ranked_match_rate["1"]`` is reported.
+    ordered by energy and ``ranked_match_rate["1"]`` is reported. ``generator``
+    replaces the diffusion generator of ``checkpoint`` (e.g. a Wyckoff one).
     """
     from xtalloop.benchmark.csp import run_csp_benchmark
     from xtalloop.generators.diffusion import DiffusionGenerator
 
-    generator = DiffusionGenerator(checkpoint=str(checkpoint), n_steps=n_steps)
+    if generator is None:
+        generator = DiffusionGenerator(checkpoint=str(checkpoint), n_steps=n_steps)
     results: dict[int, dict[str, Any]] = {}
     for arity, csv in eval_csvs.items():
         energies: list[list[float]] = []
@@ -565,8 +568,11 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
     s = result["settings"]
     d = result["data"]
+    kind = s.get("generator", "diffusion")
+    sampler = (f"{s['n_steps']} sampler steps" if kind == "diffusion"
+               else f"sampling temperature {s.get('temperature', 1.0):g}")
     text = [
-        "# Arity extension: fine-tuning the diffusion model on quaternaries/quinaries",
+        f"# Arity extension: fine-tuning the {kind} model on quaternaries/quinaries",
         "",
         f"- base checkpoint: `{s['base_checkpoint']}` ({d['base_n_train']} training crystals, "
         f"epoch {d['base_epoch']})",
@@ -578,7 +584,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         f"{s['finetune']['lr_factor'] or 'of the parent'})",
         f"- evaluation: {d['n_eval_per_arity']} held-out compositions per arity from "
         f"`{s['val_csv']}` (at most {s['max_atoms']} atoms, distinct formulas, seed "
-        f"{s['seed']}), {s['n_steps']} sampler steps, StructureMatcher(stol=0.5, ltol=0.3, "
+        f"{s['seed']}), {sampler}, StructureMatcher(stol=0.5, ltol=0.3, "
         "angle_tol=10), no relaxation",
         f"- total wall time: {result['timings']['total_s'] / 60:.1f} min",
         "",
@@ -610,7 +616,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.set_xlabel("fine-tuning set (% of train quaternaries+quinaries; 0 = base)")
     ax.set_ylabel("match rate")
     ax.set_ylim(0, min(1.0, max(0.1, 1.25 * top)))
-    ax.set_title("Diffusion model: arity extension by fine-tuning")
+    ax.set_title(f"{kind.capitalize()} model: arity extension by fine-tuning")
     ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(paths["png"], dpi=120)

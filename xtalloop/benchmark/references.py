@@ -52,6 +52,25 @@ def default_reference_csv(data_csv: str | os.PathLike) -> Path:
                       "templates from: pass --reference-csv")
 
 
+#: Shipped Wyckoff checkpoints trained on the train split of a data set, by its folder name.
+WYCKOFF_CHECKPOINTS: dict[str, str] = {"mp_20": "wyckoff-mp20.pt", "mpts_52": "wyckoff-mpts52.pt"}
+
+
+def default_wyckoff_checkpoint(data_csv: str | os.PathLike) -> Path:
+    """The shipped Wyckoff checkpoint for benchmarking on ``data_csv``.
+
+    The one trained on the training split of the evaluated data set (the
+    same rule as the templates): a table in a folder named ``mp_20`` gets
+    ``wyckoff-mp20.pt``, ``mpts_52`` gets ``wyckoff-mpts52.pt``, any other the
+    general ``wyckoff.pt`` (trained on both). The path is returned whether or
+    not the file exists; loading it reports a missing one.
+    """
+    from xtalloop.generators.wyckoff.checkpoint import DEFAULT_CHECKPOINT, SHIPPED
+
+    name = WYCKOFF_CHECKPOINTS.get(Path(os.path.abspath(data_csv)).parent.name)
+    return SHIPPED / name if name else DEFAULT_CHECKPOINT
+
+
 def cell_sizes(table: pd.DataFrame) -> list[int | None]:
     """Sites in each row's cell: the ``nsites`` column, else the CIF's formula, else the CIF.
 

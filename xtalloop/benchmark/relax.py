@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pymatgen.core import Structure
 
-from xtalloop.errors import XtalloopError
+from xtalloop.errors import ConfigError, XtalloopError
 
 #: ``relax(structures) -> (relaxed structures, energies per atom)``; see
 #: :func:`xtalloop.benchmark.csp.run_csp_benchmark`.
@@ -28,7 +28,7 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
     Parameters
     ----------
     spec
-        ``chgnet``, ``emt`` or a MACE model file (see
+        ``chgnet``, ``sevennet``, ``diep``, ``emt`` or a MACE model file (see
         :func:`~xtalloop.models.load_energy_model`).
     device
         Torch device of the model.
@@ -36,6 +36,12 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
         Force threshold (eV/Å) and step limit of the batched FIRE relaxation
         (:class:`~xtalloop.rankers.batch_relax.BatchRelaxer`: one model call per
         step for every candidate not yet converged).
+
+    Raises
+    ------
+    ConfigError
+        ``--relax: ...`` in one line if the model cannot be loaded (an unknown
+        name, a pretrained model's package or a model file missing).
 
     Returns
     -------
@@ -51,8 +57,11 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
     from xtalloop.models import load_energy_model
     from xtalloop.rankers.batch_relax import BatchRelaxer
 
-    relaxer = BatchRelaxer(load_energy_model(spec, device), fmax=fmax, steps=steps,
-                           progress=False)
+    try:
+        model = load_energy_model(spec, device)
+    except XtalloopError as exc:  # an unknown name, a package or file missing
+        raise ConfigError(f"--relax: {exc}") from None
+    relaxer = BatchRelaxer(model, fmax=fmax, steps=steps, progress=False)
 
     def relax(structures: list[Structure]) -> tuple[list[Structure], list[float | None]]:
         try:

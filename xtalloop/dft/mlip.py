@@ -33,14 +33,18 @@ def _identity(spec: str, mtime_ns: int) -> dict[str, Any]:
 
     from xtalloop.digest import file_sha256
     from xtalloop.models.mace_format import SUFFIX
+    from xtalloop.models.pretrained import canonical_name, pretrained_version
 
     key = spec.strip()
     if key.lower() == "emt":
         import ase
 
         return {"name": "emt", "version": f"ase {ase.__version__}", "digest": None}
-    if key.lower() == "chgnet":
+    pretrained = canonical_name(key)
+    if pretrained == "chgnet":
         return {"name": "chgnet", "version": f"chgnet {version('chgnet')}", "digest": None}
+    if pretrained is not None:  # its weights are those of its pinned package version
+        return {"name": pretrained, "version": pretrained_version(pretrained), "digest": None}
     path = Path(key).expanduser()
     members = ((sorted(path.glob(f"*{SUFFIX}")) or sorted(path.glob("*.model")))
                if path.is_dir() else [path])
@@ -78,8 +82,9 @@ class MlipRelaxMaker(AseRelaxMaker):
     Parameters
     ----------
     model
-        Any model the prefilter takes except ``registry``: ``chgnet``, ``emt``,
-        a MACE model file or a folder of them (an ensemble).
+        Any model the prefilter takes except ``registry``: ``chgnet``,
+        ``sevennet`` (``sevennet:7net-0``), ``diep``, ``emt``, a MACE model
+        file or a folder of them (an ensemble).
     device
         Torch device of a neural-network model.
     precision

@@ -14,8 +14,9 @@ def build_generator(source: dict[str, Any], max_atoms: int) -> Generator:
     Parameters
     ----------
     source
-        A dumped ``RandomSymmetricSource``, ``PrototypeSubstitutionSource`` or
-        ``DiffusionSource`` (``kind`` picks the class; ``n`` is ignored here).
+        A dumped ``RandomSymmetricSource``, ``PrototypeSubstitutionSource``,
+        ``DiffusionSource`` or ``WyckoffSource`` (``kind`` picks the class; ``n`` is
+        ignored here).
     max_atoms
         Largest cell the generator may return.
     """
@@ -34,4 +35,8 @@ def build_generator(source: dict[str, Any], max_atoms: int) -> Generator:
         from xtalloop.generators.diffusion import DiffusionGenerator
 
         return DiffusionGenerator(max_atoms=max_atoms, **settings)
+    if kind == "wyckoff":
+        from xtalloop.generators.wyckoff import WyckoffGenerator
+
+        return WyckoffGenerator(max_atoms=max_atoms, **settings)
     raise ConfigError(f"unknown generator kind {kind!r}")

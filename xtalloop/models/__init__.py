@@ -7,11 +7,14 @@ from xtalloop.models.energy_model import (
     Prediction,
     load_energy_model,
 )
+from xtalloop.models.pretrained import DiepModel, SevenNetModel
 
 __all__ = [
     "AseCalculatorModel",
     "CHGNetModel",
+    "DiepModel",
     "EnergyModel",
     "Prediction",
+    "SevenNetModel",
     "load_energy_model",
 ]

@@ -2,8 +2,9 @@
 
 An :class:`EnergyModel` declares a ``name`` and ``version`` and has one override
 point, :meth:`EnergyModel.predict`, which takes a list of ASE ``Atoms`` and
-returns one :class:`Prediction` each. Models that can batch (CHGNet, MACE model
-files in :mod:`xtalloop.models.mace_model`) evaluate the whole list in a few
+returns one :class:`Prediction` each. Models that can batch (CHGNet, SevenNet and
+DIEP in :mod:`xtalloop.models.pretrained`, MACE model files in
+:mod:`xtalloop.models.mace_model`) evaluate the whole list in a few
 forward passes; any other ASE calculator (EMT) is wrapped by
 :class:`AseCalculatorModel`, which evaluates one at a time.
 """
@@ -178,7 +179,9 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     Parameters
     ----------
     spec
-        ``"chgnet"`` (pretrained, offline), ``"emt"`` (ASE's effective-medium
+        ``"chgnet"``, ``"sevennet"`` (or ``"sevennet:7net-0"``), ``"diep"``
+        (pretrained, weights in their wheels; see :mod:`xtalloop.models.pretrained`),
+        ``"emt"`` (ASE's effective-medium
         theory, for tests), a path to a MACE model file, or a directory whose
         model files form a MACE ensemble. xtalloop's native ``*.mace.json``
         files (a description plus weights-only state dict) load safely; a
@@ -195,15 +198,18 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     Raises
     ------
     XtalloopError
-        If the name is unknown, a model file is missing, untrusted or not a
+        If the name is unknown, a pretrained model's package is not installed,
+        a model file is missing, untrusted or not a
         MACE model, or the directory holds no model file.
     """
     from xtalloop.models.mace_format import SUFFIX, is_native
     from xtalloop.models.mace_model import MaceModel
+    from xtalloop.models.pretrained import NAMES, canonical_name, load_pretrained
 
     key = spec.strip()
-    if key.lower() == "chgnet":
-        return CHGNetModel(device=device)
+    pretrained = canonical_name(key)
+    if pretrained is not None:
+        return load_pretrained(pretrained, device=device)
     if key.lower() == "emt":
         import ase
         from ase.calculators.emt import EMT
@@ -218,6 +224,6 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     if is_native(path) or path.suffix in {".model", ".pt", ".pth"}:
         return MaceModel([path], device=device, dtype=dtype)
     raise XtalloopError(
-        f"unknown energy model {spec!r}: use 'chgnet', 'emt', a MACE model file "
-        f"(*{SUFFIX}, or a trusted .model) or a directory of them"
+        f"unknown energy model {spec!r}: use {', '.join(repr(n) for n in NAMES)}, 'emt', "
+        f"a MACE model file (*{SUFFIX}, or a trusted .model) or a directory of them"
     )

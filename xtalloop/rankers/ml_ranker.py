@@ -79,7 +79,8 @@ class MLRanker:
     Parameters
     ----------
     model
-        Energy model: ``"chgnet"``, ``"emt"`` or a MACE model file path.
+        Energy model: ``"chgnet"``, ``"sevennet"``, ``"diep"``, ``"emt"`` or a
+        MACE model file path (see :func:`~xtalloop.models.load_energy_model`).
     fmax, steps
         Relaxation threshold (eV/Å) and step limit.
     top_k

@@ -53,8 +53,28 @@ class GenerateMaker(Maker):
                    disable=not self.progress)
         with bar:
             for source, child_seed in zip(self.sources, seeds, strict=True):
-                generator = build_generator(source, self.max_atoms)
+                generator = build_generator(fetched(source), self.max_atoms)
                 made = generator.generate(composition, source.get("n", 1), child_seed)
                 pool.extend(made)
                 bar.update(source.get("n", 1))
         return pool
+
+
+def fetched(source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` with a Wyckoff checkpoint held in the results store fetched to this machine.
+
+    A loop hands the next round the checkpoint it fine-tuned as a reference
+    ``store:sha256:<digest>``, with the store to read it from under ``store``
+    (:func:`xtalloop.workflows.loop._read_checkpoints_from`). The diffusion
+    generator fetches such a file itself; the Wyckoff generator reads a path,
+    so the file is fetched into this machine's cache here, where the job runs.
+    """
+    if source.get("kind") != "wyckoff" or "store" not in source:
+        return source
+    from xtalloop.store.files import local_copy
+
+    settings = {k: v for k, v in source.items() if k != "store"}
+    if settings.get("checkpoint"):
+        settings["checkpoint"] = local_copy(settings["checkpoint"], source["store"],
+                                            suffix=".pt", kind="generators")
+    return settings

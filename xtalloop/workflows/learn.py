@@ -140,8 +140,25 @@ class EnergyModelTrainingMaker(Maker):
 
 
 @dataclass
+class _Tuned:
+    """A fine-tuned checkpoint written in the job's folder, before it goes to the store."""
+
+    path: Path
+    structure_ids: list[str]
+    reason: str
+    final_loss: float | None = None
+
+
+@dataclass
 class GeneratorTrainingMaker(Maker):
-    """Fine-tune the diffusion generator on the store's DFT-validated stable structures.
+    """Fine-tune the round's learned generator on the store's DFT-validated stable structures.
+
+    The parent checkpoint's format picks the generator: a Wyckoff checkpoint
+    (``xtalloop-wyckoff/1``) is fine-tuned on the Wyckoff descriptions of the
+    structures (those PyXtal cannot describe are skipped and counted) and keeps
+    its weights unless the held-out loss improves
+    (:mod:`xtalloop.learn.wyckoff_finetune`); any other is read as a diffusion
+    checkpoint. Either way the new checkpoint goes to the store's file store.
 
     Parameters
     ----------
@@ -150,8 +167,10 @@ class GeneratorTrainingMaker(Maker):
     store
         A dumped :class:`~xtalloop.config.StoreConfig`.
     checkpoint
-        The parent checkpoint (the diffusion source the round sampled from): a
-        path, or a ``store:sha256:<digest>`` reference to a file in ``store``.
+        The parent checkpoint (the diffusion or Wyckoff source the round
+        sampled from): a path, or a ``store:sha256:<digest>`` reference to a
+        file in ``store``; ``None`` (or empty): the Wyckoff checkpoint shipped
+        with xtalloop, the default of a ``wyckoff`` source.
     settings_key
         Only structures validated with these DFT settings are used.
     stable_within
@@ -159,12 +178,13 @@ class GeneratorTrainingMaker(Maker):
     epochs, lr_factor, batch_size, seed, device
         Fine-tuning settings (learning rate = the parent's × ``lr_factor``).
     min_structures
-        With fewer stable structures, nothing is trained.
+        With fewer stable structures, nothing is trained (a Wyckoff model needs
+        two: one is held out to decide whether the new weights are better).
     """
 
     name: str = "fine-tune generator"
     store: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str = ""
+    checkpoint: str | None = None
     settings_key: str = ""
     stable_within: float = 0.1
     epochs: int = 20
@@ -186,38 +206,60 @@ class GeneratorTrainingMaker(Maker):
             the next round reads it on any node, with ``path``, where it was
             written here (for information: this job's folder may be gone);
             ``parent``, ``reason``, ``n_structures``, ``structure_ids`` and
-            ``final_loss``.
+            ``final_loss`` (diffusion: the last epoch's training loss; Wyckoff:
+            the held-out loss of the weights kept).
         """
+        from xtalloop.config import StoreConfig
+        from xtalloop.learn.wyckoff_finetune import is_wyckoff_checkpoint, wyckoff_parent
+        from xtalloop.store.files import FileStore, local_copy, ref
+
+        store = StoreConfig(**self.store)
+        parent = wyckoff_parent(self.checkpoint)
+        parent_path = local_copy(parent, store, suffix=".pt", kind="generators")
+        kind = "wyckoff" if is_wyckoff_checkpoint(parent_path) else "diffusion"
+        tune = self._wyckoff if kind == "wyckoff" else self._diffusion
+        tuned = tune(store, parent, parent_path)
+        if isinstance(tuned, GeneratorTraining):  # skipped
+            return tuned
+        with FileStore(store) as files:
+            digest = files.put(tuned.path, {"kind": "generator checkpoint", "generator": kind,
+                                            "parent": parent})
+        return GeneratorTraining(
+            checkpoint=ref(digest), path=str(tuned.path), parent=parent, reason=tuned.reason,
+            n_structures=len(tuned.structure_ids), structure_ids=tuned.structure_ids,
+            final_loss=tuned.final_loss)
+
+    def _stable(self, store: Any, max_atoms: int = 0) -> list[dict[str, Any]]:
+        """The converged validated structures within ``stable_within`` of the hull."""
+        from xtalloop.store.results import open_results
+
+        with open_results(store) as db:
+            return [d for d in db.find_validated(settings_key=self.settings_key,
+                                                 max_e_above_hull=self.stable_within)
+                    if d["dft"]["converged"] and (not max_atoms or d["nsites"] <= max_atoms)]
+
+    def _diffusion(self, store: Any, parent: str, parent_path: str) -> _Tuned | GeneratorTraining:
         import json
 
         from pymatgen.core import Structure
 
-        from xtalloop.config import StoreConfig
         from xtalloop.generators.diffusion import (
             DiffusionConfig,
             read_checkpoint,
             structures_to_dataset,
             train,
         )
-        from xtalloop.store.files import FileStore, local_copy, ref
-        from xtalloop.store.results import open_results
 
-        store = StoreConfig(**self.store)
-        parent_path = local_copy(self.checkpoint, store, suffix=".pt", kind="generators")
-        parent = read_checkpoint(parent_path)
-        max_atoms = int(parent.get("max_atoms") or 0)
-        with open_results(store) as db:
-            docs = [d for d in db.find_validated(settings_key=self.settings_key,
-                                                 max_e_above_hull=self.stable_within)
-                    if d["dft"]["converged"] and (not max_atoms or d["nsites"] <= max_atoms)]
+        stored = read_checkpoint(parent_path)
+        max_atoms = int(stored.get("max_atoms") or 0)
+        docs = self._stable(store, max_atoms)
         if len(docs) < self.min_structures:
             reason = (f"{len(docs)} stable structure(s) of at most {max_atoms} atoms in the "
                       f"store, {self.min_structures} needed")
             logger.info("generator not fine-tuned: %s", reason)
-            return GeneratorTraining(parent=self.checkpoint, reason=reason,
-                                     n_structures=len(docs))
+            return GeneratorTraining(parent=parent, reason=reason, n_structures=len(docs))
         dataset = structures_to_dataset([Structure.from_dict(d["structure"]) for d in docs])
-        config = DiffusionConfig.model_validate(parent["config"])
+        config = DiffusionConfig.model_validate(stored["config"])
         config = config.model_copy(update={"train": config.train.model_copy(update={
             "epochs": self.epochs, "finetune_lr_factor": self.lr_factor,
             "batch_size": min(self.batch_size, len(docs)), "seed": self.seed,
@@ -226,10 +268,45 @@ class GeneratorTrainingMaker(Maker):
                      finetune_from=parent_path, progress=False)
         log = json.loads(path.with_suffix(".log.json").read_text())
         history = log.get("history") or [{}]
-        with FileStore(store) as files:
-            digest = files.put(path, {"kind": "generator checkpoint", "parent": self.checkpoint})
-        return GeneratorTraining(
-            checkpoint=ref(digest), path=str(path), parent=self.checkpoint,
-            reason=f"fine-tuned on {len(docs)} stable structures",
-            n_structures=len(docs), structure_ids=[d["uuid"] for d in docs],
-            final_loss=history[-1].get("loss"))
+        return _Tuned(path, [d["uuid"] for d in docs],
+                      f"fine-tuned on {len(docs)} stable structures",
+                      history[-1].get("loss"))
+
+    def _wyckoff(self, store: Any, parent: str, parent_path: str) -> _Tuned | GeneratorTraining:
+        from pymatgen.core import Structure
+
+        from xtalloop.generators.diffusion.train import resolve_device
+        from xtalloop.generators.wyckoff.train import write_log
+        from xtalloop.learn.wyckoff_finetune import (
+            WyckoffFinetune,
+            describe_structures,
+            finetune_wyckoff,
+            outcome,
+            parent_settings,
+        )
+
+        max_sites = parent_settings(parent_path)[0]
+        docs = self._stable(store)
+        described = describe_structures(
+            ((d["uuid"], Structure.from_dict(d["structure"])) for d in docs), max_sites)
+        skipped = (f" ({described.n_skipped} without a usable Wyckoff description skipped)"
+                   if described.n_skipped else "")
+        needed = max(2, self.min_structures)
+        if len(described.crystals) < needed:
+            reason = (f"{len(described.crystals)} stable structure(s) with a Wyckoff "
+                      f"description in the store{skipped}, {needed} needed")
+            logger.info("generator not fine-tuned: %s", reason)
+            return GeneratorTraining(parent=parent, reason=reason,
+                                     n_structures=len(described.crystals))
+        path = Path.cwd() / "generator.pt"
+        log = finetune_wyckoff(
+            parent_path, described.crystals, path,
+            WyckoffFinetune(epochs=self.epochs, lr_factor=self.lr_factor,
+                            batch_size=self.batch_size, seed=self.seed,
+                            device=str(resolve_device(self.device))),
+            metadata={"parent": {"checkpoint": parent},
+                      "structure_ids": described.ids, "skipped_ids": described.skipped})
+        write_log(log, path.with_suffix(".log.json"))
+        return _Tuned(path, described.ids,
+                      f"fine-tuned on {len(described.crystals)} stable structures{skipped}; "
+                      f"{outcome(log)}", log.get("best_val_loss"))

@@ -249,7 +249,11 @@ def _registered_by(db: ResultsDB, run_id: str) -> dict[str, Any] | None:
 
 def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]],
                           db: ResultsDB | None = None) -> str | None:
-    """The diffusion checkpoint this round samples: the last fine-tuned one, or the config's.
+    """The learned checkpoint this round samples: the last fine-tuned one, or the config's.
+
+    The learned source is the first diffusion or Wyckoff source
+    (:func:`~xtalloop.active_learning.learned_source`); a Wyckoff source without
+    a checkpoint samples the one shipped with xtalloop, whose path is returned.
 
     A fine-tuned checkpoint is a reference ``store:sha256:<digest>`` to the
     store's file store (:mod:`xtalloop.store.files`), not a path: the job
@@ -265,10 +269,14 @@ def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]],
     StoreError
         The fine-tuned checkpoint the round needs is not in the store.
     """
-    configured = next((s.checkpoint for s in config.generate.sources if s.kind == "diffusion"),
-                      None)
-    if configured is None:
+    from xtalloop.active_learning import learned_source
+    from xtalloop.learn.wyckoff_finetune import wyckoff_parent
+
+    source = learned_source(config.generate.sources)
+    if source is None:
         return None
+    configured = wyckoff_parent(source.checkpoint) if source.kind == "wyckoff" \
+        else source.checkpoint
     for record in reversed(completed):
         tuned = (record.get("generator") or {}).get("checkpoint")
         if tuned:
@@ -284,15 +292,18 @@ def _generator_checkpoint(config: RunConfig, completed: list[dict[str, Any]],
 
 
 def _read_checkpoints_from(sources: list[dict[str, Any]], store: dict[str, Any]) -> None:
-    """Give the diffusion sources whose checkpoint is a store reference the store to read it from.
+    """Give the learned sources whose checkpoint is a store reference the store to read it from.
 
     The sampling job builds its generator from these dicts
-    (:func:`~xtalloop.generators.factory.build_generator`), and
+    (:func:`~xtalloop.generators.factory.build_generator`):
     :class:`~xtalloop.generators.diffusion.DiffusionGenerator` fetches a
-    referenced checkpoint from ``store`` (a dumped config, no password).
+    referenced checkpoint from ``store`` (a dumped config, no password) itself,
+    and the job fetches a Wyckoff one (:func:`xtalloop.workflows.generate.fetched`).
     """
+    from xtalloop.active_learning import LEARNED_KINDS
+
     for source in sources:
-        if source.get("kind") == "diffusion" and is_ref(source.get("checkpoint")):
+        if source.get("kind") in LEARNED_KINDS and is_ref(source.get("checkpoint")):
             source["store"] = store
 
 

@@ -21,7 +21,8 @@ class PrefilterMaker(Maker):
     name
         Job name.
     model
-        ``"chgnet"`` (pretrained, offline), ``"emt"``, a MACE ``.model`` file, a
+        ``"chgnet"``, ``"sevennet"``, ``"diep"`` (pretrained, offline), ``"emt"``,
+        a MACE ``.model`` file, a
         folder of them (an ensemble), or ``"registry"``: the newest promoted
         model of the store's registry, else ``base_model``.
     base_model

@@ -42,6 +42,8 @@ def _plain(value: Any) -> Any:
         return {(k if isinstance(k, (str, int)) else str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, str) and type(value) is not str:  # torch.__version__ is a subclass
+        return str.__str__(value)  # that weights-only loading refuses: store the plain text
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(value, "tolist"):  # numpy arrays and scalars
@@ -51,7 +53,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, payload: dict[str, Any], fmt: str = FORMAT) -> Path:
     """Write ``payload`` (with format tag and xtalloop version) atomically to ``path``.
 
     Everything is converted to plain types first, so the file loads with
@@ -59,10 +61,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = _plain({"format": FORMAT, "xtalloop_version": __version__, **payload})
+    payload = _plain({"format": fmt, "xtalloop_version": __version__, **payload})
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     torch.save(payload, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared like any file
     os.replace(tmp, path)
     return path
 
@@ -72,8 +75,12 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def _load(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint's dict, read weights-only; one-line :class:`CheckpointError` otherwise."""
+def _load(path: Path, mmap: bool = False, fmt: str = FORMAT,
+          kind: str = "diffusion") -> dict[str, Any]:
+    """The checkpoint's dict, read weights-only; one-line :class:`CheckpointError` otherwise.
+
+    ``fmt`` is the format tag the file must carry (``kind`` names it in errors).
+    """
     import pickle
 
     if not path.is_file():
@@ -92,9 +99,9 @@ def _load(path: Path, mmap: bool = False) -> dict[str, Any]:
     except Exception as exc:  # torch raises many kinds for a damaged or foreign file
         raise CheckpointError(f"{path}: cannot read checkpoint (damaged, or not an xtalloop "
                               f"checkpoint): {_first_line(exc)[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: cannot read checkpoint: not an xtalloop diffusion "
-                              f"checkpoint ({FORMAT})")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path}: cannot read checkpoint: not an xtalloop {kind} "
+                              f"checkpoint ({fmt})")
     for key, kind in (("config", dict), ("model_state", dict)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path}: cannot read checkpoint: no {key!r} in it")

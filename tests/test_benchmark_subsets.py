@@ -1,0 +1,43 @@
+"""The CSP benchmark's figures on compositions that no template covers."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pymatgen.core import Lattice, Structure
+
+from xtalloop.benchmark.subsets import mark_template_coverage, no_template_markdown
+
+
+def _record(formula: str, rms: list[float | None]) -> dict:
+    return {"material_id": formula, "formula": formula, "arity": "2", "n_candidates": len(rms),
+            "rms": rms, "energy_per_atom": None, "ranked_match": None, "error": None}
+
+
+def test_no_template_subset_counts_only_uncovered_compositions(tmp_path):
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
+                                         [[0, 0, 0], [0.5, 0.5, 0.5]])
+    table = tmp_path / "ref.csv"
+    pd.DataFrame({"material_id": ["r1"], "cif": [rocksalt.to(fmt="cif")],
+                  "nsites": [len(rocksalt)]}).to_csv(table, index=False)
+    # KBr has a template (AB); Al2O3 (A2B3) and TiO2 (AB2) do not
+    records = [_record("KBr", [0.1]), _record("Al2O3", [None, 0.2]), _record("TiO2", [None])]
+    results = {"gen": {"per_composition": records, "ks": [1, 20], "relaxed": False,
+                       "n_compositions": 3}}
+    assert mark_template_coverage(results, str(table), max_atoms=20) == 2
+    assert [r["has_template"] for r in records] == [True, False, False]
+    summary = results["gen"]["no_template"]
+    assert summary["n"] == 2
+    assert summary["match_rate"] == {"1": 0.0, "20": 0.5}
+    text = no_template_markdown(results)
+    assert "n=2 of 3" in text and "| gen | 0.0% | 50.0% | n/a |" in text
+
+
+def test_cell_limit_decides_whether_a_template_counts(tmp_path):
+    big = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"],
+                                    [[0, 0, 0], [0.5, 0.5, 0.5]])  # 8-atom conventional cell
+    table = tmp_path / "ref.csv"
+    pd.DataFrame({"material_id": ["r1"], "cif": [big.to(fmt="cif")],
+                  "nsites": [len(big)]}).to_csv(table, index=False)
+    results = {"gen": {"per_composition": [_record("KBr", [0.1])], "ks": [1], "relaxed": False,
+                       "n_compositions": 1}}
+    assert mark_template_coverage(results, str(table), max_atoms=4) == 1
