@@ -29,7 +29,8 @@ def test_no_template_subset_counts_only_uncovered_compositions(tmp_path):
     assert summary["n"] == 2
     assert summary["match_rate"] == {"1": 0.0, "20": 0.5}
     text = no_template_markdown(results)
-    assert "n=2 of 3" in text and "| gen | 0.0% | 50.0% | n/a |" in text
+    assert "n=2 of 3" in text and "| gen | 0.0% | 50.0% |" in text
+    assert "ranked@1" not in text  # no relaxation, no ranked@1 column
 
 
 def test_cell_limit_decides_whether_a_template_counts(tmp_path):

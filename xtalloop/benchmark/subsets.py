@@ -48,14 +48,17 @@ def no_template_markdown(results: dict[str, dict[str, Any]]) -> str:
         return ""
     ks = [str(k) for k in first["ks"]]
     n = first["no_template"]["n"]
+    ranked = first["relaxed"]  # ranked@1 exists only for relaxed candidates
+    columns = [f"match@{k}" for k in ks] + (["ranked@1"] if ranked else [])
     lines = [f"\nCompositions without a template (n={n} of {first['n_compositions']}):\n",
-             "| generator | " + " | ".join(f"match@{k}" for k in ks) + " | ranked@1 |",
-             "|---" * (len(ks) + 2) + "|"]
+             "| generator | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for name, result in results.items():
         sub = result["no_template"]
-        rates = [_percent(sub["match_rate"][k]) for k in ks]
-        ranked = _percent(sub["ranked_match_rate"]["1"]) if result["relaxed"] else "n/a"
-        lines.append(f"| {name} | " + " | ".join(rates) + f" | {ranked} |")
+        cells = [_percent(sub["match_rate"][k]) for k in ks]
+        if ranked:
+            cells.append(_percent(sub["ranked_match_rate"]["1"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
