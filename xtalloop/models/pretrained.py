@@ -111,7 +111,29 @@ def _check_elements(atoms: list[Atoms], known: set[str], model: str) -> None:
             raise XtalloopError(f"{model} has no parameters for {', '.join(unknown)}")
 
 
-class SevenNetModel(EnergyModel):
+class _BatchedPretrained(EnergyModel):
+    """A pretrained model that evaluates ``batch_size`` structures per forward pass.
+
+    Subclasses set ``_elements`` (what the weights know) and ``batch_size``, and
+    implement ``_predict_batch``.
+    """
+
+    _elements: set[str]
+    batch_size: int
+
+    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
+        """Evaluate all structures in batches of ``batch_size``."""
+        _check_elements(atoms, self._elements, self.name)
+        out: list[Prediction] = []
+        for start in range(0, len(atoms), self.batch_size):
+            out += self._predict_batch(atoms[start:start + self.batch_size])
+        return out
+
+    def _predict_batch(self, atoms: list[Atoms]) -> list[Prediction]:
+        raise NotImplementedError
+
+
+class SevenNetModel(_BatchedPretrained):
     """A SevenNet model from the ``sevenn`` wheel, a batch per forward pass.
 
     Parameters
@@ -152,14 +174,6 @@ class SevenNetModel(EnergyModel):
         self.version = pretrained_version(self.name)
         self.batch_size = batch_size
 
-    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
-        """Evaluate all structures in batches of ``batch_size``."""
-        _check_elements(atoms, self._elements, self.name)
-        out: list[Prediction] = []
-        for start in range(0, len(atoms), self.batch_size):
-            out += self._predict_batch(atoms[start:start + self.batch_size])
-        return out
-
     def _predict_batch(self, atoms: list[Atoms]) -> list[Prediction]:
         import sevenn._keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
@@ -180,7 +194,7 @@ class SevenNetModel(EnergyModel):
                 for i in range(len(atoms))]
 
 
-class DiepModel(EnergyModel):
+class DiepModel(_BatchedPretrained):
     """DIEP's released ``diep_fold1`` from the ``diep`` wheel, a batch per forward pass.
 
     Parameters
@@ -219,14 +233,6 @@ class DiepModel(EnergyModel):
         self._device = device
         self.version = pretrained_version(self.name)
         self.batch_size = batch_size
-
-    def predict(self, atoms: list[Atoms]) -> list[Prediction]:
-        """Evaluate all structures in batches of ``batch_size``."""
-        _check_elements(atoms, self._elements, self.name)
-        out: list[Prediction] = []
-        for start in range(0, len(atoms), self.batch_size):
-            out += self._predict_batch(atoms[start:start + self.batch_size])
-        return out
 
     def _predict_batch(self, atoms: list[Atoms]) -> list[Prediction]:
         import torch

@@ -60,7 +60,6 @@ class WyckoffModel(nn.Module):
         self.register_buffer("element_table", torch.from_numpy(element_features()),
                              persistent=False)
         self.register_buffer("wp_table", torch.from_numpy(table.features()), persistent=False)
-        self.register_buffer("wp_group", torch.from_numpy(table.group_of), persistent=False)
         self.register_buffer("wp_offset", torch.from_numpy(table.offset), persistent=False)
         self.element_embedding = nn.Embedding(MAX_Z + 1, d)
         self.element_project = nn.Linear(self.element_table.shape[1], d)

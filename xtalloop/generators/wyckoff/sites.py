@@ -54,8 +54,8 @@ class WyckoffCrystal:
     @property
     def n_atoms(self) -> int:
         """Atoms in the conventional cell."""
-        group = _group(self.space_group)
-        return sum(group[s.wp].multiplicity for s in self.sites)
+        g = group(self.space_group)
+        return sum(g[s.wp].multiplicity for s in self.sites)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,21 +67,18 @@ class WyckoffCrystal:
 
 
 @lru_cache(maxsize=256)
-def _group(space_group: int):
+def group(space_group: int):
+    """PyXtal's ``Group`` (cached: building one takes milliseconds)."""
     from pyxtal.symmetry import Group
 
     return Group(space_group)
 
 
-def group(space_group: int):
-    """PyXtal's ``Group`` (cached: building one takes milliseconds)."""
-    return _group(space_group)
-
-
 def centering(space_group: int) -> int:
     """Lattice points per conventional cell (1 for P, 2 for I/C/A, 3 for R, 4 for F)."""
-    symbol = _group(space_group).symbol[0]
-    return {"P": 1, "I": 2, "C": 2, "A": 2, "B": 2, "R": 3, "F": 4}.get(symbol, 1)
+    from xtalloop.generators.wyckoff.tables import wyckoff_table
+
+    return int(wyckoff_table().centering[space_group])
 
 
 def describe(structure: Structure, material_id: str = "") -> WyckoffCrystal | None:
@@ -104,7 +101,7 @@ def describe(structure: Structure, material_id: str = "") -> WyckoffCrystal | No
 
 def build(crystal: WyckoffCrystal, merge_tol: float = 0.05) -> Structure | None:
     """The primitive structure of a Wyckoff description (``None`` if sites coincide)."""
-    g = _group(crystal.space_group)
+    g = group(crystal.space_group)
     lattice = Lattice.from_parameters(*crystal.lattice)
     if not np.all(np.isfinite(lattice.matrix)) or abs(lattice.volume) < 1e-3:
         return None  # angles that close no cell (a sampled triclinic lattice can have them)
