@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import fcc, rocksalt, zincblende
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from typer.testing import CliRunner
 
-from conftest import fcc, rocksalt, zincblende
 from xtalloop.cli import app
 from xtalloop.cli_benchmark import parse_ks
 from xtalloop.errors import ConfigError
@@ -214,6 +214,11 @@ def test_pooled_generator_interleaves_and_fills_in():
     assert [c.generator for c in pool.generate(Composition("NaCl"), 6, seed=1)] == \
         [c.generator for c in out]
     assert pool.generate(Composition("NaCl"), 0, seed=1) == []
+    weighted = PooledGenerator([Fixed("a", 3), Fixed("b", 10)], shares=(2, 1))
+    assert [c.generator for c in weighted.generate(Composition("NaCl"), 7, seed=1)] == \
+        ["a", "a", "b", "a", "b", "b", "b"]
+    with pytest.raises(ValueError, match="shares"):
+        PooledGenerator([Fixed("a", 3), Fixed("b", 10)], shares=(2,))
 
 
 def test_parse_ks():

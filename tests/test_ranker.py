@@ -109,3 +109,24 @@ def test_explore_weight_trades_energy_for_ensemble_spread():
     spreads = [p.energy_std_per_atom for p in explore.picks]
     assert spreads == sorted(spreads, reverse=True)
     assert [p.energy_per_atom for p in explore.picks] != energies
+
+
+def test_rerank_model_orders_the_screened_structures():
+    """EMT screens; CHGNet relaxes only the ``rerank_top`` best and its energies decide."""
+    layered = Structure(Lattice.hexagonal(2.9, 7.1), ["Cu", "Cu", "Au", "Au"],
+                        [[0, 0, 0], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.25], [0, 0, 0.75]])
+    pool = [*candidates(), Candidate(layered, "test", 0, 4)]
+    ranking = MLRanker(model="emt", top_k=2, rerank_model="chgnet", rerank_top=1,
+                       progress=False).rank(Composition("CuAu"), pool)
+    assert ranking.funnel["reranked"] == 1
+    assert ranking.funnel["unique"] >= 2  # more were screened than re-ranked
+    assert len(ranking.picks) == 1
+    assert ranking.energy_model["name"] == "chgnet"
+    assert ranking.energy_model["screened_by"] == "emt"
+    pick = ranking.picks[0]
+    # EMT puts CuAu near 0 eV/atom, CHGNet (DFT-like) near -4: the pick carries CHGNet's
+    assert pick.energy_per_atom < -2.0 < pick.provenance["screening_energy_per_atom"] + 1.0
+    assert pick.provenance["generator"] == "test"
+    assert {r.element for r in ranking.references} == {"Cu", "Au"}
+    assert all(r.energy_per_atom < -2.0 for r in ranking.references)
+    assert len(ranking.relaxed_e_above_hull) == 5  # every screened candidate kept

@@ -143,7 +143,7 @@ def build_generators(
             from xtalloop.generators.pooled import PooledGenerator
 
             generators.append(PooledGenerator([_prototype_generator(cap, reference_csv), wyckoff],
-                                              name=kind.value))
+                                              shares=(2, 1), name=kind.value))
         else:
             from xtalloop.generators.pooled import PooledGenerator
 

@@ -66,7 +66,9 @@ class PrefilterConfig(_Section):
     (see ``learn``), and ``base_model`` until there is one. With an ensemble
     model, ``explore_weight`` trades low energy against high uncertainty: the
     picks are the lowest ``energy - explore_weight * spread`` (both
-    eV/atom); 0 is pure exploitation.
+    eV/atom); 0 is pure exploitation. ``rerank_model`` lets a second, more
+    accurate model order the ``rerank_top`` best distinct structures the first
+    one found, at a fraction of the cost of relaxing everything with it.
     """
 
     model: str = Field("chgnet", description="'chgnet', 'sevennet' ('sevennet:7net-0'), 'diep', "
@@ -82,6 +84,15 @@ class PrefilterConfig(_Section):
     top_k: int = Field(2, ge=1)
     max_e_above_hull: float | None = Field(None, ge=0)
     explore_weight: float = Field(0.0, ge=0, description="0: exploit; larger: explore")
+    rerank_model: str | None = Field(None, description="a second model that relaxes the "
+                                     "rerank_top best distinct structures again and picks "
+                                     "among them (e.g. diep); null: none")
+    rerank_top: int = Field(8, ge=1, description="distinct structures rerank_model relaxes")
+
+    @field_validator("rerank_model")
+    @classmethod
+    def _known_rerank_model(cls, value: str | None) -> str | None:
+        return None if value is None else _check_model_spec(value, registry=False)
 
     @field_validator("model")
     @classmethod

@@ -42,16 +42,20 @@ class PrototypeSubstitutionSource(_Section):
     kind: Literal["prototype_substitution"]
     n: CandidateCount = Field(10, ge=1)
     reference_csv: str = Field("../shared/data/mp_20/train_partial.csv.gz", validate_default=True,
-                               description="CSV of known structures with a 'cif' column; "
-                               "relative to the working directory")
+                               description="CSV of known structures with a 'cif' column, "
+                               "relative to the working directory; 'aflow': the AFLOW "
+                               "prototypes shipped with pymatgen; 'aflow+<csv>': both")
     explore: float = Field(0.0, ge=0)
 
     @field_validator("reference_csv")
     @classmethod
     def _readable_table(cls, value: str) -> str:
+        from xtalloop.generators.prototype_library import split_reference
         from xtalloop.preflight import check_structure_table
 
-        check_structure_table(value)
+        csv = split_reference(value)[1]
+        if csv is not None:
+            check_structure_table(csv)
         return value
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from pymatgen.core import Composition
 
 from xtalloop.errors import ConfigError, DataError
-from xtalloop.generators.prototype_substitution import (
+from xtalloop.generators.reference_set import (
     _cell_composition_from_cif,
     _parse_cif,
     read_structure_csv,

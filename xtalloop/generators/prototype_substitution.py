@@ -15,219 +15,27 @@ import functools
 import itertools
 import logging
 import math
-import os
-import re
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pymatgen.core import Composition, Element, Species, Structure
 
-from xtalloop.errors import DataError
 from xtalloop.generators.base import Candidate, too_close
+from xtalloop.generators.prototype_library import is_library_row
+from xtalloop.generators.random_symmetric import space_group_counts
+from xtalloop.generators.reference_set import (  # noqa: F401  (also imported from here)
+    DEFAULT_REFERENCE_CSV,
+    ReferenceSet,
+    guess_oxidation_states,
+    load_reference_set,
+    read_structure_csv,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REFERENCE_CSV = "../shared/data/mp_20/train_partial.csv.gz"
-
-_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+?)['\"]?\s*$", re.M)
-
 # Elements sharing one count beyond which only the best pairing is kept (5! = 120 otherwise).
 _MAX_ENUMERATED_GROUP = 5
-
-
-def read_structure_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table of structures (the shared data's shape: a ``cif`` column at least).
-
-    A leading unnamed index column, which some of the shared files have, is dropped.
-
-    Raises
-    ------
-    DataError
-        With a one-line message if the file is missing, unreadable, has no
-        ``cif`` column or no rows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"structure table not found: {path}")
-    try:
-        table = pd.read_csv(path)
-    except Exception as exc:  # gzip, decoding and parser errors all mean "corrupt"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read structure table {path}: {reason}") from None
-    table = table.loc[:, [not str(c).startswith("Unnamed:") for c in table.columns]]
-    if "cif" not in table.columns:
-        raise DataError(f"structure table {path} has no 'cif' column")
-    if len(table) == 0:
-        raise DataError(f"structure table {path} has no rows")
-    return table.reset_index(drop=True)
-
-
-def _cell_composition_from_cif(cif: str) -> Composition | None:
-    """Cell composition from a CIF's ``_chemical_formula_sum`` (None if absent or odd)."""
-    match = _FORMULA_SUM.search(cif)
-    if match is None:
-        return None
-    try:
-        return Composition(match.group(1))
-    except Exception:
-        return None
-
-
-def _parse_cif(cif: str) -> Structure:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        structure = Structure.from_str(cif, fmt="cif")
-    structure.remove_oxidation_states()
-    return structure
-
-
-class ReferenceSet:
-    """Known structures to substitute into, indexed by anonymised formula.
-
-    Only formulas are read up front (from a ``reduced_formula`` column, else
-    from each CIF's ``_chemical_formula_sum``); CIFs are parsed on first use
-    and kept. Use :func:`load_reference_set` to share one instance per file.
-
-    Parameters
-    ----------
-    table
-        Rows with a ``cif`` column and optionally ``material_id``,
-        ``reduced_formula``, ``nsites`` and ``spacegroup_number``.
-    source
-        Where the table came from, for messages.
-    """
-
-    def __init__(self, table: pd.DataFrame, source: str = "<table>") -> None:
-        self.source = source
-        self.cifs: list[str] = [str(c) for c in table["cif"]]
-        n = len(self.cifs)
-        if "material_id" in table.columns:
-            self.ids = [str(m) for m in table["material_id"]]
-        else:
-            self.ids = [f"row-{i}" for i in range(n)]
-        self._space_groups: list[int | None] = [
-            int(v) if pd.notna(v) else None for v in _column(table, "spacegroup_number", n)
-        ]
-        self.reduced_formulas: list[str | None] = [None] * n
-        self.nsites: list[int | None] = [None] * n
-        self._by_anonymous: dict[str, list[int]] = {}
-        self._structures: dict[int, Structure | None] = {}
-        self._oxidation: dict[str, dict[str, float] | None] = {}
-        unusable = 0
-        reduced_col = _column(table, "reduced_formula", n)
-        nsites_col = _column(table, "nsites", n)
-        for i, cif in enumerate(self.cifs):
-            reduced: Composition | None = None
-            nsites: int | None = None
-            if pd.notna(nsites_col[i]):
-                nsites = int(nsites_col[i])
-            if isinstance(reduced_col[i], str):
-                try:
-                    reduced = Composition(reduced_col[i]).reduced_composition
-                except Exception:
-                    reduced = None
-            if reduced is None or nsites is None:
-                cell = _cell_composition_from_cif(cif)
-                if cell is None:
-                    structure = self.structure(i)
-                    cell = structure.composition if structure is not None else None
-                if cell is None:
-                    unusable += 1
-                    continue
-                reduced = reduced or cell.reduced_composition
-                nsites = nsites or int(round(cell.num_atoms))
-            self.reduced_formulas[i] = reduced.reduced_formula
-            self.nsites[i] = nsites
-            self._by_anonymous.setdefault(reduced.anonymized_formula, []).append(i)
-        if unusable:
-            logger.warning("%s: %d of %d rows have no readable formula", source, unusable, n)
-
-    def __len__(self) -> int:
-        return len(self.cifs)
-
-    def rows_like(self, composition: Composition, max_atoms: int | None = None) -> list[int]:
-        """Rows with the anonymised formula of ``composition`` and at most ``max_atoms`` sites."""
-        rows = self._by_anonymous.get(composition.reduced_composition.anonymized_formula, [])
-        if max_atoms is None:
-            return list(rows)
-        return [i for i in rows if (self.nsites[i] or 0) <= max_atoms]
-
-    def structure(self, row: int) -> Structure | None:
-        """The structure of ``row`` (parsed once; None if its CIF cannot be read)."""
-        if row not in self._structures:
-            try:
-                self._structures[row] = _parse_cif(self.cifs[row])
-            except Exception as exc:
-                logger.warning("%s: cannot parse CIF of %s: %s", self.source, self.ids[row], exc)
-                self._structures[row] = None
-        structure = self._structures[row]
-        return structure.copy() if structure is not None else None
-
-    def space_group(self, row: int) -> int | None:
-        """Space-group number of ``row`` (from the table, else found with spglib)."""
-        if self._space_groups[row] is None:
-            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-            structure = self.structure(row)
-            if structure is None:
-                return None
-            try:
-                self._space_groups[row] = SpacegroupAnalyzer(
-                    structure, symprec=0.1
-                ).get_space_group_number()
-            except Exception:
-                return None
-        return self._space_groups[row]
-
-    def oxidation_states(self, reduced_formula: str) -> dict[str, float] | None:
-        """Oxidation state per element of a formula, cached (None: no ionic reading)."""
-        if reduced_formula not in self._oxidation:
-            self._oxidation[reduced_formula] = guess_oxidation_states(Composition(reduced_formula))
-        return self._oxidation[reduced_formula]
-
-
-def _column(table: pd.DataFrame, name: str, n: int) -> list:
-    """A column as a list, or ``n`` Nones if the table lacks it."""
-    return table[name].tolist() if name in table.columns else [None] * n
-
-
-_REFERENCE_CACHE: dict[tuple[str, int, int], ReferenceSet] = {}
-
-
-def load_reference_set(path: str | os.PathLike) -> ReferenceSet:
-    """The :class:`ReferenceSet` of a CSV file, read once per (path, modification time).
-
-    Raises
-    ------
-    DataError
-        If the file is missing or unreadable (see :func:`read_structure_csv`).
-    """
-    resolved = Path(path).expanduser().resolve()
-    try:
-        stat = resolved.stat()
-    except OSError:
-        raise DataError(f"reference structures not found: {path}") from None
-    key = (str(resolved), stat.st_mtime_ns, stat.st_size)
-    if key not in _REFERENCE_CACHE:
-        table = read_structure_csv(resolved)
-        _REFERENCE_CACHE[key] = ReferenceSet(table, source=str(path))
-    return _REFERENCE_CACHE[key]
-
-
-def guess_oxidation_states(composition: Composition) -> dict[str, float] | None:
-    """Most likely charge-balanced oxidation state of each element, or None (also for
-    elements, whose only "guess" is zero)."""
-    reduced = composition.element_composition.reduced_composition
-    try:
-        guesses = reduced.oxi_state_guesses(max_sites=-50)
-    except Exception:
-        return None
-    if not guesses or all(v == 0 for v in guesses[0].values()):
-        return None  # elements and alloys: no ions to substitute
-    return dict(guesses[0])
 
 
 def _electronegativity(el: Element) -> float:
@@ -283,6 +91,8 @@ class PrototypeSubstitutionGenerator:
         CSV of known structures (needs a ``cif`` column; ``material_id``,
         ``reduced_formula``, ``nsites`` and ``spacegroup_number`` are used
         when present). Relative paths resolve against the working directory.
+        ``"aflow"``: the 288 AFLOW prototypes shipped with pymatgen (no data
+        needed); ``"aflow+<csv>"``: both.
     max_atoms
         Templates with more sites than this are not used.
     explore
@@ -400,12 +210,27 @@ class PrototypeSubstitutionGenerator:
         rng = np.random.default_rng(seed)
         gumbel = rng.gumbel(size=len(options)) if self.explore > 0 else np.zeros(len(options))
         tiebreak = rng.random(len(options))
+        sg_counts = space_group_counts()
         for option, g, u in zip(options, gumbel, tiebreak, strict=True):
             log_p = math.log(option.probability) if option.probability > 0 else -1e9
             tier = 0.0 if option.method == "ionic" else 1.0
-            option.sort_key = (tier, -round(log_p + self.explore * g, 9), u)
+            if is_library_row(reference.ids[option.row]):
+                # A library prototype's elements only represent its type, so the
+                # simplest prototypes come first (fewest sites), then those whose
+                # space group is common among known crystals, then by assignment.
+                prior = math.log(sg_counts.get(reference.space_group(option.row) or 1, 0) + 1)
+                option.sort_key = (tier, reference.nsites[option.row] or 0,
+                                   -round(prior + self.explore * g, 9), -round(log_p, 9), u)
+            else:
+                option.sort_key = (tier, -round(log_p + self.explore * g, 9), u)
         options.sort(key=lambda o: o.sort_key)
-        return options
+        library = [o for o in options if is_library_row(reference.ids[o.row])]
+        if not library or len(library) == len(options):
+            return options
+        # both a data table and the library: take the two rankings in turn
+        table = [o for o in options if not is_library_row(reference.ids[o.row])]
+        return [o for pair in itertools.zip_longest(table, library) for o in pair
+                if o is not None]
 
     @staticmethod
     def _rescaled(structure: Structure, template: Structure, option: _Option) -> Structure:

@@ -99,6 +99,15 @@ class MLRanker:
     precision
         ``"float64"`` or ``"float32"`` for a MACE model (float32: about twice as
         fast on CPU, see ``benchmarks/batch_relax_speed.py``).
+    rerank_model
+        A second, usually slower and more accurate model: the ``rerank_top``
+        lowest distinct structures under ``model`` are relaxed again with it,
+        and the picks, energies and hull come from it. A cheap model screens
+        everything and a better one orders the few that matter (CHGNet puts
+        lonsdaleite Si 0.4 meV/atom below diamond; DIEP orders them right).
+        ``None``: one model does all.
+    rerank_top
+        Distinct structures the second model relaxes.
     progress
         Show progress bars.
     """
@@ -112,10 +121,13 @@ class MLRanker:
     explore_weight: float = 0.0
     device: str = "cpu"
     precision: str = "float64"
+    rerank_model: str | None = None
+    rerank_top: int = 8
     progress: bool = True
     _references: dict[tuple[str, str], ReferencePhase] = field(
         default_factory=dict, repr=False
     )
+    _reranker: MLRanker | None = field(default=None, repr=False)
 
     @property
     def energy_model(self) -> EnergyModel:
@@ -163,6 +175,9 @@ class MLRanker:
             ((index_of[id(g[0])], len(g) - 1) for g in groups), key=lambda item: score(item[0])
         )
         funnel["unique"] = len(representatives)
+        if self.rerank_model is not None:
+            return self._reranked(composition, [relaxed[i] for i, _ in representatives],
+                                  funnel, model.identity, e_hull)
         picks = []
         for i, duplicates in representatives:
             structure, energy, candidate = relaxed[i]
@@ -188,6 +203,27 @@ class MLRanker:
         funnel["picked"] = len(picks)
         return Ranking(formula, picks, references, funnel, model.identity,
                        [float(e) for e in e_hull], reserves)
+
+    def _reranked(self, composition: Composition,
+                  screened: list[tuple[Structure, float, Candidate]], funnel: dict[str, int],
+                  screening_model: dict[str, str], e_hull: list[float]) -> Ranking:
+        """Rank the ``rerank_top`` best ``screened`` structures again with ``rerank_model``."""
+        if self._reranker is None:
+            self._reranker = MLRanker(
+                model=self.rerank_model, fmax=self.fmax, steps=self.steps, top_k=self.top_k,
+                max_e_above_hull=self.max_e_above_hull, symprec=self.symprec,
+                device=self.device, precision=self.precision, progress=self.progress,
+            )
+        again = [Candidate(structure=structure, generator=c.generator, seed=c.seed,
+                           index=c.index, metadata={**c.metadata,
+                                                    "screening_energy_per_atom": energy})
+                 for structure, energy, c in screened[:self.rerank_top]]
+        ranking = self._reranker.rank(composition, again)
+        ranking.funnel = funnel | {"reranked": len(again), "picked": ranking.funnel["picked"]}
+        ranking.energy_model = {**ranking.energy_model,
+                                "screened_by": screening_model.get("name", str(self.model))}
+        ranking.relaxed_e_above_hull = [float(e) for e in e_hull]
+        return ranking
 
     def reference_phases(self, elements: list[str]) -> list[ReferencePhase]:
         """Lowest-energy elemental phases under this model (cached per ranker)."""

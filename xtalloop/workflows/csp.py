@@ -78,7 +78,9 @@ def csp_flow_maker(
             device=config.prefilter.device, precision=config.prefilter.precision,
             fmax=config.prefilter.fmax, steps=config.prefilter.steps,
             top_k=config.prefilter.top_k, max_e_above_hull=config.prefilter.max_e_above_hull,
-            explore_weight=config.prefilter.explore_weight, store=store, progress=progress,
+            explore_weight=config.prefilter.explore_weight,
+            rerank_model=config.prefilter.rerank_model, rerank_top=config.prefilter.rerank_top,
+            store=store, progress=progress,
         ),
         validate_maker=ValidateMaker(
             relax_maker=relax_maker or dft_maker(dft, progress, checkpoint_store=store),

@@ -39,6 +39,9 @@ class PrefilterMaker(Maker):
         Drop picks further above the ML hull than this (eV/atom).
     explore_weight
         With an ensemble, favour structures it disagrees on (see :class:`MLRanker`).
+    rerank_model, rerank_top
+        A second model that relaxes the ``rerank_top`` best distinct structures
+        again and picks among them (``None``: none).
     store
         A dumped :class:`~xtalloop.config.StoreConfig`: where the registry is.
     progress
@@ -55,6 +58,8 @@ class PrefilterMaker(Maker):
     top_k: int = 2
     max_e_above_hull: float | None = None
     explore_weight: float = 0.0
+    rerank_model: str | None = None
+    rerank_top: int = 8
     store: dict[str, Any] | None = None
     progress: bool = True
 
@@ -69,7 +74,8 @@ class PrefilterMaker(Maker):
         ranker = MLRanker(
             model=spec, device=self.device, precision=self.precision, fmax=self.fmax, steps=self.steps,
             top_k=self.top_k, max_e_above_hull=self.max_e_above_hull,
-            explore_weight=self.explore_weight, progress=self.progress,
+            explore_weight=self.explore_weight, rerank_model=self.rerank_model,
+            rerank_top=self.rerank_top, progress=self.progress,
         )
         ranking = ranker.rank(composition, candidates)
         if registry_id:
