@@ -14,6 +14,10 @@ slows the wall clock). ``--out`` writes the figures as JSON.
 
     OMP_NUM_THREADS=2 python benchmarks/quickstart_prefilter_models.py \\
         --models chgnet sevennet sevennet:7net-0 diep
+
+A model written ``screen>judge`` (``chgnet>diep``) screens with the first and
+re-ranks the config's ``prefilter.rerank_top`` best distinct structures with the
+second, as ``prefilter.rerank_model`` does; the positions then count among those.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ def candidates(config) -> dict:
 def rank_with(model: str, config, pools: dict) -> dict:
     """Rank every composition's candidates with ``model``; first picks, prototype rank, time."""
     start, cpu = time.perf_counter(), time.process_time()
-    ranker = MLRanker(model=model, fmax=config.prefilter.fmax, steps=config.prefilter.steps,
-                      top_k=50, progress=False)
+    screen, _, judge = model.partition(">")  # "chgnet>diep": screen, then re-rank
+    ranker = MLRanker(model=screen, fmax=config.prefilter.fmax, steps=config.prefilter.steps,
+                      top_k=50, rerank_model=judge or None,
+                      rerank_top=config.prefilter.rerank_top, progress=False)
     ranker.energy_model  # noqa: B018  (loading counts towards the prefilter's time)
     out = {"load_s": time.perf_counter() - start, "compositions": {}}
     matcher = StructureMatcher()

@@ -130,3 +130,14 @@ def test_rerank_model_orders_the_screened_structures():
     assert {r.element for r in ranking.references} == {"Cu", "Au"}
     assert all(r.energy_per_atom < -2.0 for r in ranking.references)
     assert len(ranking.relaxed_e_above_hull) == 5  # every screened candidate kept
+
+
+def test_reference_phases_are_exactly_symmetric():
+    """DIEP relaxes fcc Na to a cell 2e-6 degrees off cubic; GPAW's symmetry analysis then
+    fails on it, so the reference sent to DFT is the symmetrised primitive cell."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    reference = MLRanker(model="diep", progress=False).reference_phases(["Na"])[0]
+    assert len(reference.structure) == 1
+    assert SpacegroupAnalyzer(reference.structure, symprec=1e-8).get_space_group_number() in (
+        225, 229)

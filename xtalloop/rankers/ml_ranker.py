@@ -241,9 +241,14 @@ class MLRanker:
                 if r.failure in (None, "step limit")
             ]
             best = min(results, key=lambda r: r.energy / len(r.atoms))
+            structure = AseAtomsAdaptor.get_structure(best.atoms)
+            if not molecular:
+                # DFT gets the symmetrised cell, as it does for the picks: GPAW's symmetry
+                # analysis fails on a cell a relaxation left 1e-6 off (fcc Na under DIEP)
+                structure = symmetrized_primitive(structure, self.symprec)[0]
             self._references[(model.version, element)] = ReferencePhase(
                 element=element,
-                structure=AseAtomsAdaptor.get_structure(best.atoms),
+                structure=structure,
                 energy_per_atom=best.energy / len(best.atoms),
                 molecular=molecular,
             )
