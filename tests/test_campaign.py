@@ -1,0 +1,204 @@
+"""The learning campaign (issue 20): targets, arm configs, scoring, a real tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from xtalloop.benchmark.campaign import (
+    ARMS,
+    CampaignSettings,
+    arm_config,
+    choose_targets,
+    run_campaign,
+)
+from xtalloop.benchmark.campaign_report import headline, markdown_table, write_outputs
+from xtalloop.benchmark.campaign_score import KnownEnergies, is_hit, score_arm
+from xtalloop.config import RunConfig
+from xtalloop.errors import ConfigError
+from xtalloop.store.results import open_results
+
+
+def l12(a: float = 3.75) -> Structure:
+    """Cu3Au, the L1_2 ground state."""
+    return Structure(Lattice.cubic(a), ["Au", "Cu", "Cu", "Cu"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def layered(a: float = 3.75) -> Structure:
+    """Cu3Au in another arrangement: fcc layers stacked Au/Cu/Cu/Cu along c (not L1_2)."""
+    lat = Lattice.tetragonal(a / 2 ** 0.5, 2 * a)
+    return Structure(lat, ["Au", "Cu", "Cu", "Cu"],
+                     [[0, 0, 0], [0.5, 0.5, 0.25], [0, 0, 0.5], [0.5, 0.5, 0.75]])
+
+
+def b2(a_el: str, b_el: str, a: float) -> Structure:
+    return Structure(Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def heusler() -> Structure:
+    """Cu2AgAu-like ordered fcc cell (a ternary target EMT can evaluate)."""
+    return Structure(Lattice.cubic(3.9), ["Ag", "Au", "Cu", "Cu"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def table(path: Path, structures: list[Structure]) -> Path:
+    pd.DataFrame({"material_id": [f"m-{i}" for i in range(len(structures))],
+                  "cif": [s.to(fmt="cif") for s in structures]}).to_csv(path, index=False)
+    return path
+
+
+def test_hit_is_a_match_or_an_energy_at_or_below_the_known_one():
+    known = l12()
+    moved = l12(3.9)  # the same structure, another volume: StructureMatcher scales
+    moved.perturb(0.05)
+    assert is_hit(moved, -3.0, known, -3.5) == {"match": True, "lower": False, "hit": True}
+    other = layered()
+    assert is_hit(other, -3.0, known, -3.5) == {"match": False, "lower": False, "hit": False}
+    assert is_hit(other, -3.6, known, -3.5)["hit"]  # lower than the known structure
+    assert is_hit(other, -3.5, known, -3.5)["lower"]  # "at or below"
+    assert not is_hit(other, -3.49, known, -3.5)["hit"]
+    assert is_hit(other, -3.49, known, -3.5, tolerance=0.02)["hit"]
+    assert not is_hit(other, None, known, -3.5)["hit"]  # no energy: only a match counts
+    assert not is_hit(other, -9.0, known, None)["hit"]  # the known one failed to relax
+
+
+def test_targets_are_seeded_distinct_per_arity_and_fit_the_cell(tmp_path):
+    structures = [b2("Cu", "Au", 3.0), b2("Cu", "Au", 3.1), b2("Ag", "Pd", 3.1),
+                  b2("Ni", "Al", 2.9), l12(), heusler(), b2("Cu", "Pt", 3.0)]
+    big = l12()
+    big.make_supercell([3, 3, 3])  # 108 atoms: larger than max_atoms
+    big.replace(0, "Pt")  # a distinct ternary formula that only a big cell has
+    path = table(tmp_path / "val.csv", [*structures, big])
+    settings = CampaignSettings(data=(str(path),), per_arity=3, arities=("2", "3"),
+                                max_atoms=8, seed=1)
+    first = choose_targets(settings)
+    assert first == choose_targets(settings)  # seeded
+    formulas = [t["formula"] for t in first]
+    assert len(formulas) == len(set(formulas))  # CuAu twice in the table, once here
+    assert [t["arity"] for t in first] == ["2"] * 3 + ["3"]
+    assert all(t["nsites"] <= 8 for t in first)
+    assert formulas[3] == "Cu2AgAu"  # the big ternary Cu81PtAu26 does not fit
+    draws = {tuple(t["formula"] for t in choose_targets(CampaignSettings(
+        data=(str(path),), per_arity=3, arities=("2", "3"), seed=seed, max_atoms=8)))
+        for seed in range(6)}
+    assert len(draws) > 1  # the seed decides which three of the five binaries
+    no_ni = choose_targets(settings, usable=lambda els: els - {"Ni"})
+    assert "AlNi" not in {t["formula"] for t in no_ni}
+    with pytest.raises(ConfigError, match="arities"):
+        CampaignSettings(arities=("6",))
+
+
+def test_every_arm_config_is_a_valid_loop_that_differs_only_in_learning(tmp_path,
+                                                                         tiny_wyckoff):
+    settings = CampaignSettings(checkpoint=str(tiny_wyckoff), budget=7)
+    configs = {arm: arm_config(settings, arm, ["CuAu", "AgCuAu2"], tmp_path) for arm in ARMS}
+    for arm, data in configs.items():
+        config = RunConfig.model_validate(data)
+        assert config.dft.code == "mlip" and config.dft.mlip.model == "diep"
+        assert config.loop.dft_budget_per_round == 7
+        assert [s.arities for s in config.loop.schedule] == [(2,), (3,), (4,), (5, 6, 7, 8, 9)]
+        assert (config.learn.energy_model.enabled, config.learn.generator.enabled) == ARMS[arm]
+        assert (config.prefilter.model == "registry") == ARMS[arm][0]
+        assert config.store.path.endswith(f"{arm}/store")
+    strip = {"name", "learn", "prefilter", "store", "output_dir"}
+    same = [{k: v for k, v in c.items() if k not in strip} for c in configs.values()]
+    assert all(s == same[0] for s in same)  # same targets, seeds, generator, budget
+
+
+def _store_round(folder: Path, known: Structure) -> str:
+    """An arm's store with one round: a match (high energy), a non-match, a lower non-match."""
+    from xtalloop.config import StoreConfig
+
+    loop_id = "campaign-a-1"
+    run_id = f"{loop_id}-r1"
+    rows = []
+    with open_results(StoreConfig(path=str(folder / "store"))) as db:
+        for structure, energy in ((l12(3.8), 1.0), (layered(), 0.5), (layered(3.7), -99.0)):
+            uuid, _ = db.add_validated({
+                "formula": "Cu3Au", "chemsys": "Au-Cu", "structure": structure.as_dict(),
+                "energy_per_atom": energy, "e_above_hull": 0.0, "nsites": 4,
+                "generator": {}, "dft": {"settings_key": "k", "converged": True},
+                "run": {"id": run_id}})
+            rows.append({"uuid": uuid, "energy_per_atom": energy, "converged": True})
+        db.save_composition_result(run_id, {"formula": "Cu3Au", "validated": rows,
+                                            "failed": [{"rank": 4, "reason": "boom"}]})
+        db.save_round({"loop_id": loop_id, "round": 1, "run_id": run_id,
+                       "status": "completed", "started_at": "2026-01-01T00:00:00",
+                       "finished_at": "2026-01-01T00:01:30"})
+    return loop_id
+
+
+def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypatch):
+    known = l12()
+    settings = CampaignSettings(validator="emt", arities=("2",), validator_steps=100)
+    target = {"formula": "Cu3Au", "arity": "2", "material_id": "m-0", "cif": known.to(fmt="cif")}
+    loop_id = _store_round(tmp_path / "a", known)
+    energies = KnownEnergies(tmp_path / "known.json", settings)
+    scored = score_arm(settings, tmp_path / "a", loop_id, [target], energies)
+    (row, total) = scored["rounds"]
+    assert row["arity"] == "2" and total["arity"] == "all"
+    # the L1_2 pick matches; the layered one at +0.5 eV/atom does not; the one the validator
+    # put below the known structure's EMT energy is a hit without matching
+    assert (row["validations"], row["hits"], row["matches"], row["lower"]) == (4, 2, 1, 1)
+    assert row["hits_per_100"] == pytest.approx(50.0)
+    assert row["hit_rate"] == 1.0 and row["ground_states"] == 1 and row["wall_s"] == 90.0
+    cached = json.loads((tmp_path / "known.json").read_text())
+    assert -1.0 < cached["m-0"]["energy_per_atom"] < 0.5  # EMT's Cu3Au, relaxed once
+    # a second scoring reads the verdicts and the known energy from the caches
+    monkeypatch.setattr(KnownEnergies, "_relax", lambda *a: pytest.fail("relaxed twice"))
+    monkeypatch.setattr("xtalloop.benchmark.campaign_score.is_hit",
+                        lambda *a, **k: pytest.fail("scored twice"))
+    again = score_arm(settings, tmp_path / "a", loop_id, [target],
+                      KnownEnergies(tmp_path / "known.json", settings))
+    assert again == scored
+    result = {"settings": {**vars(settings), "checkpoint": "x"}, "targets": [target],
+              "arms": {"a": {**scored, "wall_s": 90.0}, "d": {**scored, "wall_s": 1.0}}}
+    result["settings"]["arities"] = ["2"]
+    assert headline(result)["d_over_a"] is None  # no 4- or 5-element rounds
+    assert "| a (nothing learns) | 1 | 2 | 1 | 4 | 2 | 100.0% | 50.0 | 1, 1 | 90 |" \
+        in markdown_table(result)
+
+
+def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monkeypatch,
+                                                    one_torch_thread):
+    """Two EMT arms over two binaries and a ternary: the real loop, scored, then resumed."""
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
+    path = table(tmp_path / "val.csv", [l12(), b2("Cu", "Au", 3.0), heusler()])
+    settings = CampaignSettings(
+        data=(str(path),), per_arity=2, arities=("2", "3"), budget=2, candidates=3,
+        checkpoint=str(tiny_wyckoff), max_atoms=8, prefilter="emt", validator="emt",
+        prefilter_steps=40, validator_steps=60, generator_epochs=1)
+    result = run_campaign(settings, ["a", "c"], tmp_path / "work")
+    assert sorted(t["formula"] for t in result["targets"]) == ["Cu2AgAu", "Cu3Au", "CuAu"]
+    for arm in ("a", "c"):
+        rows = [r for r in result["arms"][arm]["rounds"] if r["arity"] != "all"]
+        assert [(r["round"], r["arity"]) for r in rows] == [(1, "2"), (2, "3")]
+        assert all(0 < r["validations"] <= 2 for r in rows)  # the budget per round
+        assert all(r["hits"] <= r["validations"] for r in rows)
+        assert result["arms"][arm]["status"] == "completed"
+    # the same seeds: round 1 of both arms sampled the same base generator identically
+    def round_one(arm):
+        return [{k: v for k, v in r.items() if k != "wall_s"}
+                for r in result["arms"][arm]["rounds"] if r["round"] == 1]
+    assert round_one("a") == round_one("c")
+    paths = write_outputs(result, tmp_path / "out")
+    assert paths["png"].stat().st_size > 0
+    assert json.loads(paths["json"].read_text())["arms"].keys() == {"a", "c"}
+    # run again: nothing is rerun, the finished loops are scored from the caches
+    monkeypatch.setattr("xtalloop.runner.execute_loop",
+                        lambda *a, **k: pytest.fail("a finished loop ran again"))
+    again = run_campaign(settings, ["a", "c"], tmp_path / "work")
+    assert again["arms"]["a"]["loop_id"] == result["arms"]["a"]["loop_id"]
+    assert again["arms"]["a"]["rounds"] == result["arms"]["a"]["rounds"]
+    scored = run_campaign(settings, ["a", "b"], tmp_path / "work", score_only=True)
+    assert scored["arms"].keys() == {"a"}  # b never started: left out, not run
+    assert scored["arms"]["a"]["rounds"] == result["arms"]["a"]["rounds"]
+    assert scored["arms"]["a"]["status"] == "completed"
+    with pytest.raises(ConfigError, match="other settings .*budget"):
+        run_campaign(CampaignSettings(**{**vars(settings), "budget": 3}), ["a"],
+                     tmp_path / "work")

@@ -1,0 +1,381 @@
+"""Does learning pay? A retrospective discovery campaign over compositions with known structures.
+
+Targets are compositions of validation splits (MP-20, MPTS-52) whose
+structure is known. Each *arm* runs the same active-learning loop
+(``xtalloop run``'s :func:`~xtalloop.runner.execute_loop`, not a copy of it)
+over them with an arity schedule 2 → 3 → 4 → 5+, the same generator seeds and
+the same validation budget per round; the arms differ only in what learns:
+
+``a``
+    nothing;
+``b``
+    the energy model (prefilter), trained each round on the validator's labels;
+``c``
+    the Wyckoff generator, fine-tuned each round on the loop's own stable finds;
+``d``
+    both.
+
+The validator is an ML potential (``dft.code: mlip``), so a campaign runs on
+a laptop. Every arm has its own store, so nothing one arm learns leaks into
+another, and a killed campaign run again resumes each arm's loop (the loop
+itself resumes; a finished arm is only scored). Scoring against the known
+structures is in :mod:`xtalloop.benchmark.campaign_score`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from xtalloop.benchmark.arity import rows_of_arity
+from xtalloop.benchmark.csp import arity_label
+from xtalloop.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+#: What each arm learns: (energy model, generator).
+ARMS: dict[str, tuple[bool, bool]] = {
+    "a": (False, False), "b": (True, False), "c": (False, True), "d": (True, True)}
+ARM_NAMES: dict[str, str] = {"a": "nothing learns", "b": "energy model learns",
+                             "c": "generator learns", "d": "both learn"}
+#: Arity groups of the schedule, in order; "5+" covers 5 to 9 distinct elements.
+STAGES: dict[str, tuple[int, ...]] = {"2": (2,), "3": (3,), "4": (4,), "5+": (5, 6, 7, 8, 9)}
+DEFAULT_DATA: tuple[str, ...] = ("../shared/data/mp_20/val.csv.gz",
+                                 "../shared/data/mpts_52/val.csv.gz")
+
+
+@dataclass
+class CampaignSettings:
+    """Everything that defines a campaign; the same for every arm.
+
+    Parameters
+    ----------
+    data
+        Structure tables (``cif``, optionally ``material_id``) the targets come from.
+    per_arity
+        Target compositions per arity group (fewer where a table has fewer).
+    arities
+        Arity groups of the schedule (keys of :data:`STAGES`), in schedule order.
+    rounds_per_stage
+        Loop rounds per arity group: a later round of a stage runs the
+        compositions still without a stable find first.
+    budget
+        Validations (picks sent to the validator) per round, at most.
+    seed
+        Seeds the target draw and the loop's generator (round ``n``: seed + 1000 (n - 1)).
+    checkpoint
+        The Wyckoff generator every arm starts from (trained on binaries and
+        ternaries only: :func:`train_base_generator`).
+    candidates
+        Wyckoff candidates per composition and round.
+    max_atoms
+        Largest target cell (sites) and largest generated cell.
+    prefilter, validator
+        Model specs (``chgnet``, ``diep``, ``emt``, a MACE file).
+    prefilter_steps, validator_steps
+        FIRE step limits of the two relaxations.
+    energy_epochs, generator_epochs
+        Training epochs of the learning arms per round.
+    stable_within
+        eV/atom above the validator's hull that the loop counts as stable
+        (what the generator arm fine-tunes on; the benchmark's *hit* is stricter).
+    energy_tolerance
+        A validation is a hit when its energy per atom is at most the known
+        structure's (relaxed by the validator) plus this (eV/atom).
+    """
+
+    data: tuple[str, ...] = DEFAULT_DATA
+    per_arity: int = 100
+    arities: tuple[str, ...] = ("2", "3", "4", "5+")
+    rounds_per_stage: int = 1
+    budget: int = 50
+    seed: int = 0
+    checkpoint: str = ""
+    candidates: int = 8
+    max_atoms: int = 20
+    prefilter: str = "chgnet"
+    validator: str = "diep"
+    prefilter_steps: int = 150
+    validator_steps: int = 300
+    energy_epochs: int = 30
+    generator_epochs: int = 5
+    stable_within: float = 0.1
+    energy_tolerance: float = 0.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.arities if a not in STAGES]
+        if bad:
+            raise ConfigError(f"arities: {bad[0]!r} is not one of {', '.join(STAGES)}")
+        if self.per_arity < 1 or self.budget < 1 or self.rounds_per_stage < 1:
+            raise ConfigError("per_arity, budget and rounds_per_stage are 1 or more")
+
+
+# --- targets ----------------------------------------------------------------------------
+
+
+def choose_targets(settings: CampaignSettings,
+                   usable: Callable[[set[str]], set[str]] | None = None) -> list[dict[str, Any]]:
+    """Target compositions: ``per_arity`` per arity group, seeded, distinct reduced formulas.
+
+    Rows of every table in ``settings.data`` with at most ``max_atoms`` sites
+    are pooled; a formula that appears twice keeps its first occurrence
+    after the seeded shuffle. ``usable`` (elements → the
+    usable subset) drops compositions with an element a model cannot evaluate.
+
+    Returns
+    -------
+    list of dict
+        ``formula``, ``arity`` (label), ``material_id``, ``source``, ``nsites``, ``cif``.
+    """
+    import numpy as np
+
+    arities = sorted({n for a in settings.arities for n in STAGES[a]})
+    pools = []
+    for path in settings.data:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: structure table not found")
+        table = pd.read_csv(path)
+        if "cif" not in table.columns:
+            raise DataError(f"{path}: no 'cif' column")
+        rows = rows_of_arity(table, arities, settings.max_atoms)
+        rows = rows.assign(source=str(path), material_id=(
+            rows["material_id"].astype(str) if "material_id" in rows.columns
+            else [f"{Path(path).name}:{i}" for i in rows.index]))
+        pools.append(rows[["material_id", "cif", "formula", "n_elements", "nsites", "source"]])
+    pool = pd.concat(pools, ignore_index=True)
+    if usable is not None:
+        from pymatgen.core import Composition
+
+        elements = {str(e) for f in set(pool["formula"]) for e in Composition(f).elements}
+        ok = usable(elements)
+        pool = pool[[all(str(e) in ok for e in Composition(f).elements)
+                     for f in pool["formula"]]]
+    pool = pool.assign(arity=[arity_label(n) for n in pool["n_elements"]])
+    rng = np.random.default_rng(settings.seed)
+    pool = pool.iloc[rng.permutation(len(pool))].drop_duplicates("formula")
+    targets = []
+    for label in settings.arities:
+        chosen = pool[pool["arity"] == label].head(settings.per_arity)
+        if chosen.empty:
+            raise DataError(f"no target composition with {label} elements and at most "
+                            f"{settings.max_atoms} sites in {', '.join(settings.data)}")
+        targets += [{"formula": r.formula, "arity": label, "material_id": r.material_id,
+                     "source": r.source, "nsites": int(r.nsites), "cif": r.cif}
+                    for r in chosen.itertuples()]
+    return targets
+
+
+def model_elements(spec: str, device: str = "cpu") -> Callable[[set[str]], set[str]]:
+    """``usable`` for :func:`choose_targets`: the elements ``spec`` evaluates alone in a box.
+
+    The same test as :func:`xtalloop.dft.mlip.check_mlip` (which raises on the
+    first unknown element), with the model loaded once.
+    """
+    def usable(elements: set[str]) -> set[str]:
+        from ase import Atoms
+
+        from xtalloop.models.energy_model import load_energy_model
+
+        model = load_energy_model(spec, device, "float64")
+        ok = set()
+        for element in sorted(elements):
+            try:
+                model.predict([Atoms(element, cell=[3.0, 3.0, 3.0], pbc=True)])
+            except Exception as exc:  # noqa: BLE001 - the model cannot evaluate this element
+                logger.info("%s cannot evaluate %s (%s): no target has it", spec, element,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                continue
+            ok.add(element)
+        return ok
+    return usable
+
+
+# --- configurations ---------------------------------------------------------------------
+
+
+def arm_config(settings: CampaignSettings, arm: str, formulas: Sequence[str],
+               out: Path) -> dict[str, Any]:
+    """The run configuration (a dict, as in YAML) of one arm's loop; only ``learn`` differs."""
+    energy, generator = ARMS[arm]
+    stages = [{"arities": list(STAGES[a]), "rounds": settings.rounds_per_stage}
+              for a in settings.arities]
+    folder = (out / arm).resolve()
+    return {
+        "name": f"campaign-{arm}",
+        "compositions": list(formulas),
+        "charge_balance": "off",
+        "generate": {"seed": settings.seed, "max_atoms": settings.max_atoms, "sources": [
+            {"kind": "wyckoff", "n": settings.candidates, "checkpoint": settings.checkpoint,
+             "device": settings.device}]},
+        "prefilter": {"model": "registry" if energy else settings.prefilter,
+                      "base_model": settings.prefilter, "device": settings.device,
+                      "top_k": 1, "steps": settings.prefilter_steps},
+        "dft": {"code": "mlip", "mlip": {"model": settings.validator, "device": settings.device,
+                                         "steps": settings.validator_steps}},
+        "learn": {
+            "energy_model": {"enabled": energy, "ensemble_size": 1,
+                             "epochs": settings.energy_epochs, "seed": settings.seed},
+            "generator": {"enabled": generator, "epochs": settings.generator_epochs,
+                          "stable_within": settings.stable_within, "seed": settings.seed},
+        },
+        "loop": {"schedule": stages, "dft_budget_per_round": settings.budget,
+                 "stable_within": settings.stable_within},
+        "store": {"backend": "embedded", "path": str(folder / "store")},
+        "output_dir": str(folder / "runs"),
+    }
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def finished_loop(config: Any) -> dict[str, Any] | None:
+    """The completed loop of this arm in its store, if any (a re-run only scores it)."""
+    from xtalloop.store.results import open_results
+
+    with open_results(config.store) as db:
+        record = db.latest_run(config.name)
+    if record and record.get("kind") == "loop" and record.get("status") == "completed":
+        return record
+    return None
+
+
+def run_arm(settings: CampaignSettings, arm: str, formulas: Sequence[str], out: Path,
+            relax_maker: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Run (or resume, or find finished) one arm's loop; return its loop id and wall time.
+
+    ``relax_maker`` replaces the validator's maker (tests); the configuration
+    written to ``<out>/<arm>/config.yaml`` is what ``xtalloop run`` would run.
+    """
+    import yaml
+
+    from xtalloop.config import load_config
+    from xtalloop.runner import execute_loop
+
+    folder = out / arm
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(arm_config(settings, arm, formulas, out), sort_keys=False))
+    config = load_config(path)
+    done = finished_loop(config)
+    if done is not None:
+        logger.info("arm %s: loop %s already finished (%s)", arm, done["id"],
+                    done.get("stopped_by"))
+        return {"loop_id": done["id"], "status": "completed", "resumed": False,
+                "stopped_by": done.get("stopped_by"), "wall_s": None}
+    started = time.monotonic()
+    result = execute_loop(config, progress=progress, relax_maker=relax_maker)
+    wall = time.monotonic() - started
+    logger.info("arm %s: loop %s %s after %.0f s (%s)", arm, result.loop_id, result.status,
+                wall, result.stopped_by)
+    if result.status != "completed":
+        raise DataError(f"arm {arm}: loop {result.loop_id} {result.status} "
+                        f"({'; '.join(result.failed_jobs) or result.stopped_by}): run the "
+                        "campaign again to resume it")
+    return {"loop_id": result.loop_id, "status": result.status,
+            "resumed": result.resumed_from is not None, "stopped_by": result.stopped_by,
+            "wall_s": wall}
+
+
+def arm_so_far(out: Path, arm: str) -> dict[str, Any] | None:
+    """The newest loop of an arm in its store, whatever its status (``None``: never started)."""
+    from xtalloop.config import StoreConfig
+    from xtalloop.run_record import mark_if_lost
+    from xtalloop.store.results import open_results
+
+    if not (out / arm / "store").exists():
+        return None
+    with open_results(StoreConfig(path=str(out / arm / "store")), create=False) as db:
+        record = mark_if_lost(db, db.latest_run(f"campaign-{arm}"))  # killed: interrupted
+    if not record or record.get("kind") != "loop":
+        return None
+    return {"loop_id": record["id"], "status": record.get("status"), "resumed": False,
+            "stopped_by": record.get("stopped_by"), "wall_s": None}
+
+
+def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Path,
+                 relax_maker: Any = None, usable: Callable[[set[str]], set[str]] | None = None,
+                 progress: bool = False, score_only: bool = False) -> dict[str, Any]:
+    """Choose the targets, run every arm, score it; the results as :func:`write_outputs` takes.
+
+    With ``score_only``, no loop runs: the rounds each arm's loop completed so
+    far are scored (a campaign still running elsewhere, or interrupted), and
+    an arm never started is left out.
+
+    A re-run with the same ``out`` resumes: the targets are read back from
+    ``targets.json`` (the draw is not repeated), unfinished loops resume and
+    scores already computed are reused.
+
+    Raises
+    ------
+    ConfigError
+        An unknown arm, or ``out`` holds a campaign with other settings.
+    """
+    import json
+
+    from xtalloop.benchmark.campaign_score import KnownEnergies, score_arm
+
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ConfigError(f"--arms: {bad[0]!r} is not one of {', '.join(ARMS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "targets.json"
+    chosen = json.loads(json.dumps(asdict(settings)))
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        changed = sorted(k for k in chosen if previous["settings"].get(k) != chosen[k])
+        if changed:
+            raise ConfigError(f"{out} holds a campaign with other settings "
+                              f"({', '.join(changed)}): use another --out")
+        targets = previous["targets"]
+    else:
+        logger.info("choosing %d targets per arity group", settings.per_arity)
+        targets = choose_targets(settings, usable)
+        saved.write_text(json.dumps({"settings": chosen, "targets": targets}, indent=1))
+    logger.info("%d targets: %s", len(targets), ", ".join(
+        f"{a}: {sum(t['arity'] == a for t in targets)}" for a in settings.arities))
+    known = KnownEnergies(out / f"known-{_slug(settings.validator)}.json", settings)
+    results: dict[str, Any] = {"settings": chosen, "targets": [
+        {k: v for k, v in t.items() if k != "cif"} for t in targets], "arms": {}}
+    for arm in arms:
+        if score_only:
+            run = arm_so_far(out, arm)
+            if run is None:
+                logger.info("arm %s: not started, left out", arm)
+                continue
+        else:
+            logger.info("arm %s (%s): loop over %d compositions", arm, ARM_NAMES[arm],
+                        len(targets))
+            run = run_arm(settings, arm, [t["formula"] for t in targets], out, relax_maker,
+                          progress)
+        scored = score_arm(settings, out / arm, run["loop_id"], targets, known)
+        results["arms"][arm] = {**run, **scored}
+    return results
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec).name)
+
+
+def train_base_generator(train_csv: str | Path, out: str | Path, minutes: float,
+                         max_atoms: int, seed: int = 0) -> Path:
+    """The campaign's starting generator: the ``small`` Wyckoff preset on ≤ 3-element crystals.
+
+    Kept when ``out`` exists (a re-run does not retrain); see
+    :func:`xtalloop.benchmark.arity_wyckoff.train_wyckoff_base`.
+    """
+    from xtalloop.benchmark.arity_wyckoff import train_wyckoff_base
+
+    out = Path(out)
+    if out.is_file():
+        return out
+    logger.info("training the binaries+ternaries Wyckoff generator for %.0f min", minutes)
+    return train_wyckoff_base(Path(train_csv), out, minutes, max_atoms, max_elements=3,
+                              seed=seed, workers=1, progress=False)
