@@ -188,6 +188,16 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     assert round_one("a") == round_one("c")
     paths = write_outputs(result, tmp_path / "out")
     assert paths["png"].stat().st_size > 0
+    # `xtalloop report` of an arm's loop shows the same per-round known-structure figures
+    from xtalloop.config import StoreConfig
+    from xtalloop.report import write_report
+
+    report = write_report(StoreConfig(path=str(tmp_path / "work" / "a" / "store")),
+                          result["arms"]["a"]["loop_id"], tmp_path / "report")
+    page = (report if report.suffix == ".html" else report / "report.html").read_text()
+    assert "known-structure hits" in page
+    for r in (r for r in result["arms"]["a"]["rounds"] if r["arity"] == "all"):
+        assert f"{r['hits']} of {r['validations']}" in page
     assert json.loads(paths["json"].read_text())["arms"].keys() == {"a", "c"}
     # run again: nothing is rerun, the finished loops are scored from the caches
     monkeypatch.setattr("xtalloop.runner.execute_loop",

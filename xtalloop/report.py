@@ -269,6 +269,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _known_hits(record: dict[str, Any]) -> str:
+    """A campaign round's hits against the known structures (see benchmark.campaign_score)."""
+    known = record.get("known_structure")
+    if not known:
+        return "—"
+    per_100 = known.get("hits_per_100")
+    rate = "" if per_100 is None else f" ({per_100:.0f} per 100)"
+    return (f"{known['hits']} of {known['validations']}{rate}, "
+            f"{known['ground_states']} ground states")
+
+
 def _learned(record: dict[str, Any]) -> str:
     model = record.get("energy_model") or {}
     if not model:
@@ -292,6 +303,7 @@ def _html(data: ReportData, figures: list[tuple[str, Path]], best: list[dict[str
         status += f" — {run['stopped_by']}"
     calls = sum(r.get("dft_calls", 0) for r in data.rounds)
     stable = sum(r.get("stable", 0) for r in data.rounds)
+    known = any("known_structure" in r for r in data.rounds)  # a scored campaign arm
     round_rows = [[
         str(r["round"]), _fmt("+".join(map(str, r["arities"])) if r.get("arities") else "all"),
         _fmt(", ".join(r.get("compositions_validated") or r.get("compositions") or [])),
@@ -300,6 +312,7 @@ def _html(data: ReportData, figures: list[tuple[str, Path]], best: list[dict[str
         "—" if r.get("hit_rate") is None else f"{100 * r['hit_rate']:.0f} %",
         _fmt(r.get("energy_model_used")), _learned(r),
         _fmt((r.get("generator") or {}).get("reason")),
+        *([_known_hits(r)] if known else []),
     ] for r in data.rounds]
     best_rows = [[
         _fmt(b["formula"]), _fmt(f"{b['space_group']} ({b['space_group_number']})"),
@@ -328,7 +341,8 @@ th {{ background: #eee; }} img {{ max-width: 100%; }} .note {{ color: #666; }}
 hit rate = stable / DFT calls.</p>
 <h2>Rounds</h2>
 {_table(["round", "arities", "compositions", "status", "DFT calls", "validated", "stable",
-         "new stable", "hit rate", "prefilter model", "energy model trained", "generator"],
+         "new stable", "hit rate", "prefilter model", "energy model trained", "generator",
+         *(["known-structure hits"] if known else [])],
         round_rows)}
 <h2>Best structure per composition</h2>
 {_table(["formula", "space group", "atoms", "E (eV/atom)", "E above hull (eV/atom)", "round",

@@ -166,6 +166,11 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                         total[key] += row[key]
             total["ground_states"] = sum(len(v) for v in found.values())
             rows.append(_rates(total))
+            # the same figures on the loop's own round record, so `xtalloop report`
+            # of the arm's loop shows them beside the loop's stable-based hit rate
+            db.save_round({**record, "known_structure": {
+                key: total[key] for key in ("validations", "hits", "hits_per_100",
+                                            "hit_rate", "ground_states")}})
             logger.info("round %d: %d validations, %d hits", record["round"],
                         total["validations"], total["hits"])
     return {"rounds": rows,
