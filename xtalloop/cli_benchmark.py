@@ -25,6 +25,9 @@ from typing import Any
 
 import typer
 
+from xtalloop.benchmark.tables import markdown as _markdown
+from xtalloop.benchmark.tables import number as _number
+from xtalloop.benchmark.tables import percent as _percent
 from xtalloop.cli_errors import user_errors
 from xtalloop.errors import ConfigError, DataError
 
@@ -185,20 +188,6 @@ def _diffusion_generator(
     except Exception as exc:  # torch.load raises many types on a damaged file
         raise DataError(unreadable_checkpoint(checkpoint, exc)) from None
     return generator
-
-
-def _percent(value: float | None, missing: str = "—") -> str:
-    return missing if value is None else f"{100 * value:.1f}%"
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def summary_markdown(results: dict[str, dict[str, Any]], relax_model: str | None = None) -> str:
@@ -397,3 +386,41 @@ def csp(
     typer.echo(table_md)
     typer.echo(f"results: {json_path}, {md_path}; per generator: "
                + ", ".join(f"{out / name}/" for name in results))
+
+
+# --- prefilter ---------------------------------------------------------------------
+
+
+@benchmark_app.command()
+@user_errors
+def prefilter(
+    model: list[str] = typer.Option(..., "--model", help="Energy model (repeatable): chgnet, "
+                                    "sevennet, sevennet:7net-0, diep, emt or a MACE model file."),
+    data: list[Path] = typer.Option(..., "--data", help="Table with cif and "
+                                    "formation_energy_per_atom (repeatable), e.g. "
+                                    "wbm_sample/val.csv.gz, mp_20/val.csv.gz."),
+    n: int = typer.Option(200, "--n", min=1, help="Structures sampled from each table."),
+    seed: int = typer.Option(0, help="Seed of the samples."),
+    mp20_dir: Path = typer.Option(Path("../shared/data/mp_20"), help="MP-20 folder "
+                                  "(train_partial + val): the hull and the polymorphs."),
+    polymorphs: int = typer.Option(40, min=0, help="MP-20 compositions with several "
+                                   "structures whose energy order is scored."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    out: Path = typer.Option(Path("prefilter-benchmark"), "--out", help="Folder for the results."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Formation-energy MAE, stable/unstable call, polymorph order and speed of energy models."""
+    from xtalloop.benchmark.prefilter import prefilter_markdown, run_prefilter_benchmark
+    from xtalloop.models.energy_model import load_energy_model
+
+    for spec in model:  # a bad name or file fails before any work
+        load_energy_model(spec, device)
+    result = run_prefilter_benchmark(model, [str(d) for d in data], n=n, seed=seed,
+                                     mp20_dir=mp20_dir, n_polymorphs=polymorphs, device=device,
+                                     progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = prefilter_markdown(result)
+    (out / "results.md").write_text(table)
+    typer.echo(table)
+    typer.echo(f"results: {out / 'results.json'}, {out / 'results.md'}")

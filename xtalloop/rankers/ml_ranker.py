@@ -140,7 +140,7 @@ class MLRanker:
         formula = composition.reduced_formula
         relaxer = BatchRelaxer(
             model, fmax=self.fmax, steps=self.steps, progress=self.progress,
-            description=f"{formula}: ML relax",
+            description=f"{formula}: ML relax ({model.name})",
         )
         results = relaxer.relax([AseAtomsAdaptor.get_atoms(c.structure) for c in candidates])
         relaxed = [
