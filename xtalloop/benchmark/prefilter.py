@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from xtalloop.benchmark.prefilter_metrics import (
 )
 from xtalloop.benchmark.tables import markdown, number, percent
 from xtalloop.errors import DataError, XtalloopError
-from xtalloop.generators.reference_set import read_structure_csv
+from xtalloop.generators.reference_set import _parse_cif, read_structure_csv
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +54,9 @@ CHUNK = 32  # structures per predict call (progress granularity; models batch in
 
 
 def _structure(cif: str) -> Structure | None:
+    """The structure of a CIF, or None if it cannot be read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_str(cif, fmt="cif")
-        structure.remove_oxidation_states()
-        return structure
+        return _parse_cif(cif)
     except Exception:  # noqa: BLE001  (pymatgen's CIF parser raises many types)
         return None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monty.json import MSONable
@@ -208,12 +208,9 @@ class MLRanker:
                   screened: list[tuple[Structure, float, Candidate]], funnel: dict[str, int],
                   screening_model: dict[str, str], e_hull: list[float]) -> Ranking:
         """Rank the ``rerank_top`` best ``screened`` structures again with ``rerank_model``."""
-        if self._reranker is None:
-            self._reranker = MLRanker(
-                model=self.rerank_model, fmax=self.fmax, steps=self.steps, top_k=self.top_k,
-                max_e_above_hull=self.max_e_above_hull, symprec=self.symprec,
-                device=self.device, precision=self.precision, progress=self.progress,
-            )
+        if self._reranker is None:  # the same settings, the second model, its own references
+            self._reranker = replace(self, model=self.rerank_model, rerank_model=None,
+                                     _references={}, _reranker=None)
         again = [Candidate(structure=structure, generator=c.generator, seed=c.seed,
                            index=c.index, metadata={**c.metadata,
                                                     "screening_energy_per_atom": energy})
