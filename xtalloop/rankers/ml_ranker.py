@@ -16,9 +16,14 @@ from xtalloop.generators.base import Candidate
 from xtalloop.hull import energies_above_hull
 from xtalloop.models.energy_model import EnergyModel, load_energy_model
 from xtalloop.rankers.batch_relax import BatchRelaxer
-from xtalloop.references import elemental_prototypes, is_molecular
+from xtalloop.references import N_SIMPLE_PROTOTYPES, elemental_prototypes, is_molecular
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_SCREEN_STEPS = 30
+"""Relaxation steps every elemental reference start gets before the finalists are chosen."""
+REFERENCE_FINALISTS = 4
+"""Lowest-energy reference starts after the screen that are relaxed in full."""
 
 
 @dataclass
@@ -227,15 +232,28 @@ class MLRanker:
         model = self.energy_model
         missing = [el for el in elements if (model.version, el) not in self._references]
         for element in missing:
-            starts = elemental_prototypes(element)
-            molecular = is_molecular(starts[0])
+            starts = [AseAtomsAdaptor.get_atoms(s) for s in elemental_prototypes(element)]
+            molecular = is_molecular(AseAtomsAdaptor.get_structure(starts[0]))
+            if len(starts) > REFERENCE_FINALISTS:
+                # ~30 starts: a short screen, then only the lowest few are relaxed in full
+                # (graphite-like starts crawl for hundreds of steps; 143 s for C, 28 s after)
+                screener = BatchRelaxer(model, fmax=self.fmax, steps=REFERENCE_SCREEN_STEPS,
+                                        relax_cell=not molecular, progress=False)
+                try:
+                    screen = screener.relax(starts)
+                except (ValueError, RuntimeError) as exc:  # a start the model refuses
+                    logger.warning("%s reference of %s: library starts refused (%s); "
+                                   "simple prototypes only", model.name, element, exc)
+                    screen = screener.relax(starts[:N_SIMPLE_PROTOTYPES])
+                screened = sorted((r for r in screen if r.failure in (None, "step limit")),
+                                  key=lambda r: r.energy / len(r.atoms))
+                starts = [r.atoms for r in screened[:REFERENCE_FINALISTS]]
             relaxer = BatchRelaxer(
                 model, fmax=self.fmax, steps=self.steps, relax_cell=not molecular,
                 progress=False,
             )
             results = [
-                r for r in relaxer.relax([AseAtomsAdaptor.get_atoms(s) for s in starts])
-                if r.failure in (None, "step limit")
+                r for r in relaxer.relax(starts) if r.failure in (None, "step limit")
             ]
             best = min(results, key=lambda r: r.energy / len(r.atoms))
             structure = AseAtomsAdaptor.get_structure(best.atoms)
