@@ -24,6 +24,7 @@ import typer
 
 from xtalloop.cli_errors import user_errors
 from xtalloop.cli_generator import generator_app, set_threads
+from xtalloop.preflight import check_structure_table
 
 
 class WyckoffPreset(str, Enum):
@@ -83,9 +84,8 @@ def train_wyckoff_command(
 
     from xtalloop.cli_generator import check_device
     from xtalloop.generators.wyckoff.model import WyckoffModelConfig
-    from xtalloop.generators.wyckoff.sites import describe_table
     from xtalloop.generators.wyckoff.train import WyckoffTrainConfig, train_wyckoff
-    from xtalloop.preflight import check_output_file, check_structure_table
+    from xtalloop.preflight import check_output_file
 
     check_output_file(out, "--out", force=True, example="wyckoff.pt")
     for table in data:
@@ -94,14 +94,7 @@ def train_wyckoff_command(
     set_threads(threads)
     skip = excluded_ids(list(exclude))
     started = time.monotonic()
-    crystals = []
-    for table in data:
-        typer.echo(f"describing the crystals of {table} by Wyckoff positions (cached)")
-        crystals += describe_table(table, exclude_ids=skip, workers=workers)
-    unique = {}
-    for crystal in crystals:  # a crystal in two tables (same material_id) counts once
-        unique.setdefault(crystal.material_id or id(crystal), crystal)
-    crystals = list(unique.values())
+    crystals = described_crystals(data, skip, workers)
     if limit is not None:
         crystals = crystals[:limit]
     described = time.monotonic() - started
@@ -123,6 +116,44 @@ def train_wyckoff_command(
     typer.echo(f"wrote {out} ({size:.1f} MB): best epoch {log.get('best_epoch')} of "
                f"{len(log['epochs'])}, validation loss {log['best_val_loss']}, "
                f"{log['seconds'] / 60:.1f} min training")
+
+
+def described_crystals(data: list[Path], skip: set[str], workers: int) -> list:
+    """The Wyckoff descriptions of every crystal of ``data`` not in ``skip``, each once."""
+    from xtalloop.generators.wyckoff.sites import describe_table
+
+    crystals = []
+    for table in data:
+        typer.echo(f"describing the crystals of {table} by Wyckoff positions (cached)")
+        crystals += describe_table(table, exclude_ids=skip, workers=workers)
+    unique = {}
+    for crystal in crystals:  # a crystal in two tables (same material_id) counts once
+        unique.setdefault(crystal.material_id or id(crystal), crystal)
+    return list(unique.values())
+
+
+@generator_app.command("wyckoff-skeletons")
+@user_errors
+def wyckoff_skeletons_command(
+    checkpoint: Path = typer.Argument(..., help="Wyckoff checkpoint to give a skeleton bank."),
+    data: list[Path] = typer.Option(..., "--data", help="Its training tables (repeatable)."),
+    exclude: list[Path] = typer.Option([], "--exclude", help="CSV whose material_id rows are "
+                                       "left out (repeatable), as in its training."),
+    workers: int = typer.Option(2, min=1, help="Processes describing crystals (cached)."),
+) -> None:
+    """Give a Wyckoff checkpoint trained before skeleton banks its bank (weights unchanged).
+
+    Training writes the bank itself; this is for older checkpoints.
+    """
+    from xtalloop.generators.wyckoff.checkpoint import add_skeletons, check_wyckoff
+
+    check_wyckoff(checkpoint)
+    for table in data:
+        check_structure_table(str(table))
+    crystals = described_crystals(data, excluded_ids(list(exclude)), workers)
+    n = add_skeletons(checkpoint, crystals)
+    typer.echo(f"wrote {checkpoint}: {n} skeletons of {len(crystals)} crystals "
+               f"({checkpoint.stat().st_size / 1e6:.1f} MB)")
 
 
 # --- `xtalloop generator sample` with a Wyckoff checkpoint ---------------------------

@@ -65,17 +65,21 @@ def derived_seeds(seed: int, n: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
-def too_close(structure: Structure, factor: float) -> bool:
-    """Whether any two atoms (periodic images included) sit closer than ``factor``
-    times the sum of their covalent radii."""
+def closest_approach(structure: Structure) -> float:
+    """The smallest distance between two atoms (periodic images included) over the sum of
+    their covalent radii (``inf`` for a lone atom with no image within reach)."""
     from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
 
     radii = CovalentRadius.radius
     elements = [site.specie.symbol for site in structure]
-    r_max = 2 * max(radii.get(el, 1.5) for el in set(elements))
-    center, neighbor, _, distances = structure.get_neighbor_list(r_max * factor)
-    for i, j, d in zip(center, neighbor, distances, strict=True):
-        limit = factor * (radii.get(elements[i], 1.5) + radii.get(elements[j], 1.5))
-        if d < limit:
-            return True
-    return False
+    r = np.array([radii.get(el, 1.5) for el in elements])
+    center, neighbor, _, distances = structure.get_neighbor_list(2 * r.max())
+    if len(distances) == 0:
+        return float("inf")
+    return float(np.min(distances / (r[center] + r[neighbor])))
+
+
+def too_close(structure: Structure, factor: float) -> bool:
+    """Whether any two atoms (periodic images included) sit closer than ``factor``
+    times the sum of their covalent radii."""
+    return closest_approach(structure) < factor

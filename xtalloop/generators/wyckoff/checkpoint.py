@@ -8,7 +8,7 @@ not fit its settings is refused with one line before any sampling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from xtalloop.generators.diffusion.checkpoint import (
     save_checkpoint,
 )
 from xtalloop.generators.wyckoff.model import WyckoffModel, WyckoffModelConfig
+from xtalloop.generators.wyckoff.skeletons import load_bank
 
 FORMAT = "xtalloop-wyckoff/1"
 
@@ -72,6 +73,8 @@ class LoadedWyckoff:
     checkpoint_hash: str
     max_atoms: int
     metadata: dict[str, Any]
+    skeletons: dict[str, list] = field(default_factory=dict)
+    """Free coordinates of training crystals per skeleton (:mod:`.skeletons`; may be empty)."""
 
 
 def load_wyckoff(path: str | Path, device: str = "cpu") -> LoadedWyckoff:
@@ -89,9 +92,24 @@ def load_wyckoff(path: str | Path, device: str = "cpu") -> LoadedWyckoff:
     _check_weights(path, model, ckpt["model_state"])
     model.load_state_dict(ckpt["model_state"])
     model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model_state", "config")}
+    meta = {k: v for k, v in ckpt.items() if k not in ("model_state", "config", "skeletons")}
     try:
         max_atoms = int(ckpt.get("max_atoms", 20))
     except (TypeError, ValueError):
         raise CheckpointError(f"{path}: cannot read checkpoint: bad max_atoms") from None
-    return LoadedWyckoff(model, file_sha256(path), max_atoms, meta)
+    return LoadedWyckoff(model, file_sha256(path), max_atoms, meta,
+                         load_bank(ckpt.get("skeletons")))
+
+
+def add_skeletons(path: str | Path, crystals: list, out: str | Path | None = None) -> int:
+    """Give the checkpoint at ``path`` a skeleton bank of ``crystals`` (written to ``out``,
+    default in place); the weights and settings are unchanged. Returns the skeletons."""
+    from xtalloop.generators.wyckoff.skeletons import build_bank, dump_bank
+
+    path = Path(path).expanduser()
+    ckpt = _load(path, fmt=FORMAT, kind="wyckoff")
+    bank = build_bank(crystals)
+    ckpt["skeletons"] = dump_bank(bank)
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "xtalloop_version")}
+    save_checkpoint(out or path, payload, fmt=FORMAT)
+    return len(bank)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 
-from xtalloop.generators.base import Candidate, too_close
+from xtalloop.generators.base import Candidate, closest_approach
 from xtalloop.generators.wyckoff.checkpoint import (
     DEFAULT_CHECKPOINT,
     LoadedWyckoff,
@@ -20,6 +20,7 @@ from xtalloop.generators.wyckoff.checkpoint import (
 from xtalloop.generators.wyckoff.data import MAX_ELEMENTS
 from xtalloop.generators.wyckoff.sampler import sample
 from xtalloop.generators.wyckoff.sites import build
+from xtalloop.generators.wyckoff.skeletons import dress
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class WyckoffGenerator:
     min_distance_factor
         A draw with two atoms closer than this fraction of their covalent radii
         is drawn again.
+    skeleton_coordinates
+        Dress a sampled skeleton with the free coordinates and cell shape of a
+        training crystal of the same skeleton, from the checkpoint's bank
+        (:mod:`~xtalloop.generators.wyckoff.skeletons`), before the model's own.
     device
         Torch device of the network.
     """
@@ -66,6 +71,7 @@ class WyckoffGenerator:
     temperature: float = 1.0
     min_distance_factor: float = 0.5
     max_per_skeleton: int = 2
+    skeleton_coordinates: bool = True
     device: str = "cpu"
     _loaded: LoadedWyckoff | None = field(default=None, init=False, repr=False)
 
@@ -82,12 +88,23 @@ class WyckoffGenerator:
         for _ in range(REDRAWS + 1):
             structure = build(crystal)
             if structure is not None and len(structure) <= self.cell_limit \
-                    and not too_close(structure, min_distance_factor):
+                    and closest_approach(structure) >= min_distance_factor:
                 return structure
             if not any(s.free for s in crystal.sites):
                 return None  # nothing to draw again
             crystal = drawn.redraw(rng)
         return None
+
+    def _from_bank(self, crystal, use: int, min_distance_factor: float):
+        """The structure of ``crystal`` dressed by its skeleton's ``use``-th bank entry."""
+        if not self.skeleton_coordinates:
+            return None
+        dressed = dress(crystal, self.load().skeletons, use)
+        structure = build(dressed) if dressed is not None else None
+        if structure is None or len(structure) > self.cell_limit \
+                or closest_approach(structure) < min_distance_factor:
+            return None
+        return structure
 
     @property
     def cell_limit(self) -> int:
@@ -119,13 +136,16 @@ class WyckoffGenerator:
                 key, limit = _skeleton(crystal, self.max_per_skeleton)
                 if seen.get(key, 0) >= limit:
                     continue
-                structure = self._build(drawn, rng, self.min_distance_factor
-                                        / _widening(round_))
+                factor = self.min_distance_factor / _widening(round_)
+                structure, source = self._from_bank(crystal, seen.get(key, 0), factor), "bank"
+                if structure is None:
+                    structure, source = self._build(drawn, rng, factor), "model"
                 if structure is None:
                     continue
                 seen[key] = seen.get(key, 0) + 1
                 found.append((logp, structure, {"space_group": crystal.space_group,
                                                 "wyckoff": _labels(crystal),
+                                                "coordinates": source,
                                                 "log_probability": round(logp, 3),
                                                 "round": round_}))
                 if len(found) >= n:

@@ -21,6 +21,7 @@ from xtalloop.generators.wyckoff.model import (
     WyckoffModelConfig,
 )
 from xtalloop.generators.wyckoff.sites import WyckoffCrystal
+from xtalloop.generators.wyckoff.skeletons import build_bank, dump_bank
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,10 @@ def train_wyckoff(crystals: list[WyckoffCrystal], out: str | Path,
     log["best_val_loss"] = round(best, 4)
     model.load_state_dict(best_state)
     model.to("cpu")
+    bank = build_bank(crystals, start=loaded_parent.skeletons if loaded_parent else None)
+    log["skeletons"] = len(bank)
     save_wyckoff(out, model, {**(metadata or {}), "training": log,
+                              "skeletons": dump_bank(bank),
                               "train_config": vars(train_config),
                               "max_atoms": max(_largest_cell(crystals), loaded_parent.max_atoms
                                                if loaded_parent else 0)})
