@@ -244,15 +244,17 @@ def write_config(folder: Path, source: dict) -> Path:
 def test_config_wyckoff_source_is_accepted_and_builds_the_generator(tmp_path, tiny_wyckoff):
     config = load_config(write_config(tmp_path, {"kind": "wyckoff", "n": 3,
                                                  "checkpoint": str(tiny_wyckoff),
-                                                 "temperature": 0.8}))
+                                                 "temperature": 0.8,
+                                                 "skeleton_coordinates": False}))
     source = config.generate.sources[0]
     assert isinstance(source, WyckoffSource) and source.n == 3 and source.device == "cpu"
     generator = build_generator(source.model_dump(), config.generate.max_atoms)
     assert isinstance(generator, WyckoffGenerator)
-    assert (generator.checkpoint, generator.temperature, generator.max_atoms) == \
-        (str(tiny_wyckoff), 0.8, 12)
+    assert (generator.checkpoint, generator.temperature, generator.max_atoms,
+            generator.skeleton_coordinates) == (str(tiny_wyckoff), 0.8, 12, False)
     candidates = generator.generate(Composition("NaCl"), 2, seed=0)
     assert all(c.structure.composition.reduced_formula == "NaCl" for c in candidates)
+    assert {c.metadata["coordinates"] for c in candidates} == {"model"}
 
 
 @pytest.mark.parametrize(("source", "where", "message"), [
@@ -265,6 +267,8 @@ def test_config_wyckoff_source_is_accepted_and_builds_the_generator(tmp_path, ti
      "greater than 0"),
     ({"checkpoint": "{tiny}", "device": "gpu"}, "generate.sources[0].device", "unknown device"),
     ({"checkpoint": "{tiny}", "steps": 3}, "generate.sources[0].steps", "unknown key"),
+    ({"checkpoint": "{tiny}", "skeleton_coordinates": "sometimes"},
+     "generate.sources[0].skeleton_coordinates", "boolean"),
 ])
 def test_config_errors_name_the_key(tmp_path, tiny_wyckoff, bad_checkpoints, source, where,
                                     message):

@@ -96,6 +96,10 @@ class WyckoffSource(_Section):
                                    "train-wyckoff); null: the one shipped with xtalloop")
     temperature: float = Field(1.0, gt=0, description="< 1 sharpens, > 1 flattens the "
                                "model's choices")
+    skeleton_coordinates: bool = Field(True, description="dress sampled skeletons with the "
+                                       "free coordinates of training crystals of the same "
+                                       "skeleton (the checkpoint's bank); false: the "
+                                       "model's own coordinates")
     device: Annotated[str, device_choice("cpu, cuda, cuda:N or mps",
                                          r"cpu|mps|cuda(:\d+)?")] = "cpu"
 
