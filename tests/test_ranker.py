@@ -144,22 +144,25 @@ def test_reference_phases_are_exactly_symmetric():
 
 
 def test_reference_starts_hold_the_elemental_ground_states():
-    """Beside fcc/bcc/hcp/diamond/sc, the AFLOW ground states (A7 As, alpha Se, alpha Ga...)
-    are tried, scaled to the element; a diatomic element gets its dimer only."""
+    """Beside fcc/bcc/hcp/diamond/sc, an element gets the AFLOW ground states of itself and
+    its family (A7 As for Bi, alpha Se for Te, alpha Ga), scaled to the element; a metal
+    with a close-packed ground state gets the five alone, a diatomic element its dimer."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from xtalloop.references import GROUND_STATE_PROTOTYPES, elemental_prototypes
+    from xtalloop.references import elemental_prototypes
 
-    simple = elemental_prototypes("As", library=False)
-    starts = elemental_prototypes("As")
-    assert len(simple) == 5 and len(starts) > len(simple) + len(GROUND_STATE_PROTOTYPES) // 2
-    assert all(s.composition.reduced_formula == "As" for s in starts)
-    groups = {SpacegroupAnalyzer(s, symprec=1e-3).get_space_group_number() for s in starts}
-    assert {166, 152, 64} <= groups  # A7, alpha Se, black P / alpha Ga
-    # rescaled by the radius: Bi's cells are larger than P's, start for start
-    p, bi = elemental_prototypes("P"), elemental_prototypes("Bi")
-    assert all(b.volume > q.volume for b, q in zip(bi, p, strict=True))
-    assert len(elemental_prototypes("O")) == 1
+    def groups(symbol):
+        return {SpacegroupAnalyzer(s, symprec=1e-3).get_space_group_number()
+                for s in elemental_prototypes(symbol)[5:]}
+
+    assert len(elemental_prototypes("As", library=False)) == 5
+    assert 166 in groups("As") and 166 in groups("Bi")  # A7
+    assert 152 in groups("Se") and 152 in groups("Te")  # alpha Se chains
+    assert 64 in groups("Ga")  # alpha Ga
+    assert len(elemental_prototypes("Cu")) == 5 and len(elemental_prototypes("O")) == 1
+    assert all(s.composition.reduced_formula == "Bi" for s in elemental_prototypes("Bi"))
+    # rescaled by the radius: Bi's A7 cell is larger than As's
+    assert elemental_prototypes("Bi")[5].volume > elemental_prototypes("As")[5].volume
 
 
 def test_gallium_reference_is_alpha_gallium():

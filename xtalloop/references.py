@@ -4,16 +4,17 @@ The hull of a composition needs the energies of its elements computed with
 the same energy model (or the same DFT settings). For each element we build
 the common elemental prototypes (fcc, bcc, hcp, diamond, simple cubic) at a
 volume estimated from the atomic radius, then the other elemental ground states
-of the AFLOW prototype library (alpha As, alpha Se, black P, graphite, beta Sn,
-alpha Ga, dhcp La...: :data:`GROUND_STATE_PROTOTYPES`) with their nearest
+of the element and its family in the AFLOW prototype library (alpha As, alpha Se,
+black P, graphite, beta Sn, alpha Ga, dhcp La...: :data:`GROUND_STATE_PROTOTYPES`,
+:data:`FAMILIES`) with their nearest
 neighbours at twice the element's radius; for the elements that are diatomic
 molecules under standard conditions a dimer in a box. The model relaxes them
-all (the ranker: a short screen, then the best few in full) and the lowest one
-is the reference. The five simple prototypes alone left the reference of an
-element whose ground state is a chain, layer or puckered net (Se, P, As, C, Ga)
-up to 0.23 eV/atom too high under CHGNet, and every formation energy with it
-too low: CHGNet's formation-energy MAE on MP-20 val went 0.077 -> 0.049
-eV/atom with this set (``xtalloop benchmark prefilter``).
+all, and the lowest one (the smallest cell within 2 meV/atom) is the reference.
+The five simple prototypes alone left the reference of an element whose ground
+state is a chain, layer or puckered net (Se, P, As, C, Ga) up to 0.23 eV/atom
+too high under CHGNet, and every formation energy with it too low: CHGNet's
+formation-energy MAE on MP-20 val went 0.077 -> 0.049 eV/atom with all 15 tried
+(``xtalloop benchmark prefilter``).
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def is_molecular(structure: Structure) -> bool:
     ) == 1 and structure.composition.elements[0].symbol in DIATOMIC
 
 
+FAMILIES = {"Sb": ("As",), "Bi": ("As",), "Te": ("Se",), "S": ("Se",), "Pr": ("La",),
+            "Nd": ("La",), "Pm": ("La",), "Am": ("La",), "Cm": ("La",), "Cf": ("La",)}
+"""Elements whose ground state is the structure type of another element's AFLOW entry."""
+
+
 @functools.lru_cache(maxsize=1)
-def _aflow_unaries() -> tuple[Structure, ...]:
-    """The library's structures of :data:`GROUND_STATE_PROTOTYPES` (every element it gives)."""
+def _aflow_unaries() -> tuple[tuple[str, Structure], ...]:
+    """``(element, structure)`` of the library's :data:`GROUND_STATE_PROTOTYPES` entries."""
     from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
 
     found, seen = [], set()
@@ -74,29 +80,35 @@ def _aflow_unaries() -> tuple[Structure, ...]:
         label = entry["tags"]["aflow"]
         if label not in GROUND_STATE_PROTOTYPES or len(structure.composition) != 1:
             continue
-        if structure.composition.elements[0].symbol in DIATOMIC:
+        element = structure.composition.elements[0].symbol
+        if element in DIATOMIC:
             continue  # molecular crystals (alpha I shares black P's label)
-        key = (label, round(structure.volume / len(structure), 1))
+        key = (label, element, round(structure.volume / len(structure), 1))
         if key not in seen:
             seen.add(key)
-            found.append(structure)
+            found.append((element, structure))
     return tuple(found)
 
 
 def aflow_elemental_starts(symbol: str) -> list[Structure]:
-    """AFLOW elemental ground states re-dressed as ``symbol``, nearest neighbours at 2 radii.
+    """The AFLOW ground states of ``symbol`` and of its structure family (:data:`FAMILIES`),
+    re-dressed as ``symbol`` with nearest neighbours at twice its radius.
 
-    Scaling the nearest-neighbour distance (not the volume by the radii cubed) keeps every
-    atom bonded: graphite's volume scaled to caesium would leave atoms with no neighbour
-    within a model's cutoff (CHGNet refuses such a cell).
+    Only the element's own structure types: every other one costs a relaxation per
+    element for every model (tried: all 15 for every element tripled the reference time
+    and the test suite's), and the elements whose references moved (Se, P, C, As, Ga)
+    are their own entries. Scaling the nearest-neighbour distance (not the volume by
+    the radii cubed) keeps every atom bonded.
     """
     diameter = 2 * _radius(Element(symbol))
+    sources = {symbol, *FAMILIES.get(symbol, ())}
     starts = []
-    for proto in _aflow_unaries():
+    for element, proto in _aflow_unaries():
+        if element not in sources:
+            continue
         start = proto.copy()
         start.replace_species({proto.composition.elements[0]: Element(symbol)})
-        nearest = _nearest_distance(start)
-        start.scale_lattice(start.volume * (diameter / nearest) ** 3)
+        start.scale_lattice(start.volume * (diameter / _nearest_distance(start)) ** 3)
         starts.append(start)
     return starts
 

@@ -20,10 +20,6 @@ from xtalloop.references import N_SIMPLE_PROTOTYPES, elemental_prototypes, is_mo
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_SCREEN_STEPS = 30
-"""Relaxation steps every elemental reference start gets before the finalists are chosen."""
-REFERENCE_FINALISTS = 4
-"""Lowest-energy reference starts after the screen that are relaxed in full."""
 REFERENCE_TIE = 0.002
 """eV/atom within which the reference with the fewest atoms is taken over the lowest."""
 
@@ -236,27 +232,15 @@ class MLRanker:
         for element in missing:
             starts = [AseAtomsAdaptor.get_atoms(s) for s in elemental_prototypes(element)]
             molecular = is_molecular(AseAtomsAdaptor.get_structure(starts[0]))
-            if len(starts) > REFERENCE_FINALISTS:
-                # ~30 starts: a short screen, then only the lowest few are relaxed in full
-                # (graphite-like starts crawl for hundreds of steps; 143 s for C, 28 s after)
-                screener = BatchRelaxer(model, fmax=self.fmax, steps=REFERENCE_SCREEN_STEPS,
-                                        relax_cell=not molecular, progress=False)
-                try:
-                    screen = screener.relax(starts)
-                except (ValueError, RuntimeError) as exc:  # a start the model refuses
-                    logger.warning("%s reference of %s: library starts refused (%s); "
-                                   "simple prototypes only", model.name, element, exc)
-                    screen = screener.relax(starts[:N_SIMPLE_PROTOTYPES])
-                screened = sorted((r for r in screen if r.failure in (None, "step limit")),
-                                  key=lambda r: r.energy / len(r.atoms))
-                starts = [r.atoms for r in screened[:REFERENCE_FINALISTS]]
-            relaxer = BatchRelaxer(
-                model, fmax=self.fmax, steps=self.steps, relax_cell=not molecular,
-                progress=False,
-            )
-            results = [
-                r for r in relaxer.relax(starts) if r.failure in (None, "step limit")
-            ]
+            relaxer = BatchRelaxer(model, fmax=self.fmax, steps=self.steps,
+                                   relax_cell=not molecular, progress=False)
+            try:
+                relaxed = relaxer.relax(starts)
+            except (ValueError, RuntimeError) as exc:  # a library start the model refuses
+                logger.warning("%s reference of %s: library starts refused (%s); "
+                               "simple prototypes only", model.name, element, exc)
+                relaxed = relaxer.relax(starts[:N_SIMPLE_PROTOTYPES])
+            results = [r for r in relaxed if r.failure in (None, "step limit")]
             lowest = min(r.energy / len(r.atoms) for r in results)
             # close-packed stackings (9R, dhcp) tie with hcp/fcc to 0.1 meV under any model:
             # the smallest cell within REFERENCE_TIE keeps DFT's reference cheap (and hcp Mg)
