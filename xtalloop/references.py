@@ -1,20 +1,20 @@
 """Candidate structures for elemental reference phases.
 
-The hull of a composition needs the energies of its elements computed with
-the same energy model (or the same DFT settings). For each element we build
-the common elemental prototypes (fcc, bcc, hcp, diamond, simple cubic) at a
-volume estimated from the atomic radius, then the other elemental ground states
-of the element and its family in the AFLOW prototype library (alpha As, alpha Se,
-black P, graphite, beta Sn, alpha Ga, dhcp La...: :data:`GROUND_STATE_PROTOTYPES`,
-:data:`FAMILIES`) with their nearest
-neighbours at twice the element's radius; for the elements that are diatomic
-molecules under standard conditions a dimer in a box. The model relaxes them
-all, and the lowest one (the smallest cell within 2 meV/atom) is the reference.
-The five simple prototypes alone left the reference of an element whose ground
-state is a chain, layer or puckered net (Se, P, As, C, Ga) up to 0.23 eV/atom
-too high under CHGNet, and every formation energy with it too low: CHGNet's
-formation-energy MAE on MP-20 val went 0.077 -> 0.049 eV/atom with all 15 tried
-(``xtalloop benchmark prefilter``).
+The hull of a composition needs the energies of its elements computed with the
+same energy model (or the same DFT settings). For each element we build the
+common elemental prototypes (fcc, bcc, hcp, diamond, simple cubic) at a volume
+estimated from the atomic radius, then the other elemental ground states of the
+element and its family in the AFLOW prototype library (alpha As, alpha Se, black
+P, graphite, beta Sn, alpha Ga, dhcp La...: :data:`GROUND_STATE_PROTOTYPES`,
+:data:`FAMILIES`) with their nearest neighbours at twice the element's radius;
+for the elements that are diatomic molecules under standard conditions a dimer
+in a box. The model relaxes them all, and the lowest one (the smallest cell
+within 2 meV/atom) is the reference. The five simple prototypes alone left the
+reference of an element whose ground state is a chain, layer or puckered net
+(Se, P, As, C, Ga) up to 0.23 eV/atom too high under CHGNet, and every formation
+energy with it too low: CHGNet's formation-energy MAE on MP-20 val went 0.077 ->
+0.058 eV/atom with these starts (``xtalloop benchmark prefilter``; 0.049 with
+all 15 for every element, at 4x the time).
 """
 
 from __future__ import annotations
