@@ -230,8 +230,9 @@ class MLRanker:
         model = self.energy_model
         missing = [el for el in elements if (model.version, el) not in self._references]
         for element in missing:
-            starts = [AseAtomsAdaptor.get_atoms(s) for s in elemental_prototypes(element)]
-            molecular = is_molecular(AseAtomsAdaptor.get_structure(starts[0]))
+            prototypes = elemental_prototypes(element)
+            molecular = is_molecular(prototypes[0])
+            starts = [AseAtomsAdaptor.get_atoms(s) for s in prototypes]
             relaxer = BatchRelaxer(model, fmax=self.fmax, steps=self.steps,
                                    relax_cell=not molecular, progress=False)
             try:

@@ -7,13 +7,14 @@ nats against 3.87 for a uniform bin), so most samples with the right skeleton
 still miss the crystal. A crystal of the training data with the same skeleton
 (space group and multiset of Wyckoff positions, whatever its elements) mostly
 has the right coordinates: with the target's own skeleton and a training
-crystal's coordinates and cell shape, 25 of 35 MPTS-52 val crystals whose
-skeleton occurs in MPTS-52 ``train_partial`` are matched (StructureMatcher
+crystal's coordinates and cell shape, 34 of the 58 (of 80) MPTS-52 val crystals
+whose skeleton occurs in MPTS-52 ``train_partial`` are matched (StructureMatcher
 as in the CSP benchmark). So a checkpoint carries, per skeleton of its training
-crystals, up to :data:`PER_SKELETON` of them (free coordinates and cell shape,
-no elements: the same skeleton serves other compositions, e.g. an ordered
-ternary on a binary's positions), and the generator dresses the model's
-skeleton with them before it falls back to the model's own coordinates.
+crystals, up to :data:`PER_SKELETON` of them (site elements, free coordinates and
+cell shape; the key has no elements, so a skeleton serves other compositions too,
+e.g. an ordered ternary on a binary's positions, the chemically closest entry
+first), and the generator dresses the model's skeleton with them before it falls
+back to the model's own coordinates.
 
 Sites are matched in a canonical order: Wyckoff position, then the element's
 place in electronegativity order within its crystal (cations before anions), so
@@ -44,11 +45,10 @@ def skeleton_key(crystal: WyckoffCrystal) -> str:
                                                                        crystal.sites))
 
 
-def _canonical(crystal: WyckoffCrystal) -> tuple[list[WyckoffSite], list[int]]:
-    """The sites in bank order and each one's element rank (electronegativity order)."""
+def _canonical(crystal: WyckoffCrystal) -> list[WyckoffSite]:
+    """The sites in bank order: Wyckoff position, then element rank (electronegativity)."""
     rank = {z: i for i, z in enumerate(element_order([s.z for s in crystal.sites]))}
-    sites = sorted(crystal.sites, key=lambda s: (s.wp, rank[s.z], tuple(s.free)))
-    return sites, [rank[s.z] for s in sites]
+    return sorted(crystal.sites, key=lambda s: (s.wp, rank[s.z], tuple(s.free)))
 
 
 def build_bank(crystals: Iterable[WyckoffCrystal], per_skeleton: int = PER_SKELETON,
@@ -65,7 +65,7 @@ def build_bank(crystals: Iterable[WyckoffCrystal], per_skeleton: int = PER_SKELE
         entries = bank.setdefault(skeleton_key(crystal), [])
         if len(entries) >= per_skeleton:
             continue
-        sites, _ = _canonical(crystal)
+        sites = _canonical(crystal)
         entries.append([[s.z for s in sites], [round(float(x), DECIMALS)
                                                for x in crystal.lattice],
                         [[round(float(x) % 1.0, DECIMALS) for x in s.free] for s in sites]])
@@ -98,9 +98,9 @@ def dress(crystal: WyckoffCrystal, bank: dict[str, list], use: int) -> WyckoffCr
     entries = bank.get(skeleton_key(crystal))
     if not entries:
         return None
-    sites, _ = _canonical(crystal)
     if use >= len(entries):
         return None
+    sites = _canonical(crystal)
     ordered = sorted(entries, key=lambda e: chemical_distance([s.z for s in sites], e[0]))
     _, lattice, free = ordered[use]
     if len(free) != len(sites) or any(len(f) != len(s.free) for f, s in zip(free, sites)):
