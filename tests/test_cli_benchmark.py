@@ -221,6 +221,30 @@ def test_pooled_generator_interleaves_and_fills_in():
         PooledGenerator([Fixed("a", 3), Fixed("b", 10)], shares=(2,))
 
 
+def test_pooled_generator_with_dedup_spends_no_slot_on_a_crystal_twice():
+    """Rocksalt from both generators is pooled once; the slot goes to the next crystal."""
+    from pymatgen.core import Composition
+
+    from xtalloop.generators.base import Candidate
+    from xtalloop.generators.pooled import PooledGenerator
+
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    class Fixed:
+        def __init__(self, name, structures):
+            self.name, self.structures = name, structures
+
+        def generate(self, composition, n, seed):
+            return [Candidate(s, self.name, seed, i) for i, s in enumerate(self.structures[:n])]
+
+    a = Fixed("a", [rocksalt("Na", "Cl", 5.6), rocksalt("Na", "Cl", 5.9)])
+    b = Fixed("b", [rocksalt("Na", "Cl", 5.4), cscl, zincblende("Na", "Cl", 6.0)])
+    plain = PooledGenerator([a, b]).generate(Composition("NaCl"), 4, seed=0)
+    assert [(c.generator, c.index) for c in plain] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    pooled = PooledGenerator([a, b], dedup=True).generate(Composition("NaCl"), 4, seed=0)
+    assert [(c.generator, c.index) for c in pooled] == [("a", 0), ("b", 1), ("b", 2)]
+
+
 def test_parse_ks():
     assert parse_ks("20, 1,5,1") == [1, 5, 20]
     for bad in ("", "0", "1,x", "-1"):

@@ -245,13 +245,15 @@ def test_config_wyckoff_source_is_accepted_and_builds_the_generator(tmp_path, ti
     config = load_config(write_config(tmp_path, {"kind": "wyckoff", "n": 3,
                                                  "checkpoint": str(tiny_wyckoff),
                                                  "temperature": 0.8,
-                                                 "skeleton_coordinates": False}))
+                                                 "skeleton_coordinates": False,
+                                                 "skeleton_proposals": False}))
     source = config.generate.sources[0]
     assert isinstance(source, WyckoffSource) and source.n == 3 and source.device == "cpu"
     generator = build_generator(source.model_dump(), config.generate.max_atoms)
     assert isinstance(generator, WyckoffGenerator)
     assert (generator.checkpoint, generator.temperature, generator.max_atoms,
-            generator.skeleton_coordinates) == (str(tiny_wyckoff), 0.8, 12, False)
+            generator.skeleton_coordinates, generator.skeleton_proposals) == (
+                str(tiny_wyckoff), 0.8, 12, False, False)
     candidates = generator.generate(Composition("NaCl"), 2, seed=0)
     assert all(c.structure.composition.reduced_formula == "NaCl" for c in candidates)
     assert {c.metadata["coordinates"] for c in candidates} == {"model"}
@@ -269,6 +271,8 @@ def test_config_wyckoff_source_is_accepted_and_builds_the_generator(tmp_path, ti
     ({"checkpoint": "{tiny}", "steps": 3}, "generate.sources[0].steps", "unknown key"),
     ({"checkpoint": "{tiny}", "skeleton_coordinates": "sometimes"},
      "generate.sources[0].skeleton_coordinates", "boolean"),
+    ({"checkpoint": "{tiny}", "skeleton_proposals": "often"},
+     "generate.sources[0].skeleton_proposals", "boolean"),
 ])
 def test_config_errors_name_the_key(tmp_path, tiny_wyckoff, bad_checkpoints, source, where,
                                     message):

@@ -146,7 +146,7 @@ def build_generators(
             from xtalloop.generators.pooled import PooledGenerator
 
             generators.append(PooledGenerator([_prototype_generator(cap, reference_csv), wyckoff],
-                                              shares=(2, 1), name=kind.value))
+                                              shares=(2, 1), name=kind.value, dedup=True))
         else:
             from xtalloop.generators.pooled import PooledGenerator
 

@@ -100,6 +100,9 @@ class WyckoffSource(_Section):
                                        "free coordinates of training crystals of the same "
                                        "skeleton (the checkpoint's bank); false: the "
                                        "model's own coordinates")
+    skeleton_proposals: bool = Field(True, description="also score every bank skeleton "
+                                     "that can hold the composition and rank them with the "
+                                     "samples (needs skeleton_coordinates)")
     device: Annotated[str, device_choice("cpu, cuda, cuda:N or mps",
                                          r"cpu|mps|cuda(:\d+)?")] = "cpu"
 

@@ -31,11 +31,17 @@ class PooledGenerator:
         for templates alone, and two-for-one 87.3 % (``benchmarks/README.md``).
     name
         Name recorded in results (each candidate keeps its own generator's name).
+    dedup
+        Skip a candidate that is the same crystal as one already pooled
+        (pymatgen's ``StructureMatcher`` defaults), so two generators that find the
+        same structure (a template and a model dressed from the same training
+        crystal) do not spend two of the ``n`` slots on it.
     """
 
     generators: list[Generator]
     shares: tuple[int, ...] | None = None
     name: str = "pooled"
+    dedup: bool = False
 
     def __post_init__(self) -> None:
         if self.shares is not None and (len(self.shares) != len(self.generators)
@@ -53,8 +59,21 @@ class PooledGenerator:
         shares = self.shares or (1,) * len(batches)
         taken = [0] * len(batches)
         pool: list[Candidate] = []
+        matcher = _matcher() if self.dedup else None
         while len(pool) < n and any(t < len(b) for t, b in zip(taken, batches, strict=True)):
             for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
-                pool.extend(batch[taken[i]:taken[i] + share])
-                taken[i] = min(taken[i] + share, len(batch))
+                added = 0
+                while added < share and taken[i] < len(batch):
+                    candidate = batch[taken[i]]
+                    taken[i] += 1
+                    if matcher is None or not any(
+                            matcher.fit(candidate.structure, c.structure) for c in pool):
+                        pool.append(candidate)
+                        added += 1
         return pool[:n]
+
+
+def _matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher()

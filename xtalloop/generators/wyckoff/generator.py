@@ -18,6 +18,7 @@ from xtalloop.generators.wyckoff.checkpoint import (
     load_wyckoff,
 )
 from xtalloop.generators.wyckoff.data import MAX_ELEMENTS
+from xtalloop.generators.wyckoff.proposals import propose, ranking, score
 from xtalloop.generators.wyckoff.sampler import sample
 from xtalloop.generators.wyckoff.sites import build
 from xtalloop.generators.wyckoff.skeletons import dress
@@ -38,9 +39,11 @@ class WyckoffGenerator:
 
     Each candidate has its space group by construction; the number of formula
     units is the model's choice among those whose primitive cell fits
-    ``max_atoms``. Candidates come back most probable first (by the model's
-    probability of the space group, formula units and Wyckoff positions), so the
-    first one is the model's best guess.
+    ``max_atoms``. Candidates come back best first: by the model's probability of
+    the space group, formula units and Wyckoff positions, less a charge for how
+    unlike the training crystal whose coordinates dress them is
+    (:func:`~xtalloop.generators.wyckoff.proposals.ranking`), so the first one is
+    the best guess.
 
     Parameters
     ----------
@@ -61,6 +64,10 @@ class WyckoffGenerator:
         Dress a sampled skeleton with the free coordinates and cell shape of a
         training crystal of the same skeleton, from the checkpoint's bank
         (:mod:`~xtalloop.generators.wyckoff.skeletons`), before the model's own.
+    skeleton_proposals
+        Besides sampling, score every bank skeleton that can hold the composition
+        (each assignment of its elements to the positions) with the model and rank
+        them with the samples (:mod:`~xtalloop.generators.wyckoff.proposals`).
     device
         Torch device of the network.
     """
@@ -72,6 +79,7 @@ class WyckoffGenerator:
     min_distance_factor: float = 0.5
     max_per_skeleton: int = 2
     skeleton_coordinates: bool = True
+    skeleton_proposals: bool = True
     device: str = "cpu"
     _loaded: LoadedWyckoff | None = field(default=None, init=False, repr=False)
 
@@ -123,6 +131,9 @@ class WyckoffGenerator:
         rng = np.random.default_rng(seed)
         found: list[tuple[float, Any, dict[str, Any]]] = []
         seen: dict[tuple, int] = {}
+        offered = [(p.score, p.crystal, None) for p in propose(
+            loaded.model, loaded.skeletons, amounts, self.cell_limit)] \
+            if self.skeleton_proposals and self.skeleton_coordinates else []
         for round_ in range(MAX_ROUNDS):
             missing = n - len(found)
             if missing <= 0:
@@ -131,14 +142,17 @@ class WyckoffGenerator:
                 torch.manual_seed(int(rng.integers(2**31)))
                 draws = sample(loaded.model, amounts, OVERSAMPLE * missing, rng,
                                self.cell_limit, self.temperature * _widening(round_))
-            for drawn in draws:
-                crystal, logp = drawn.crystal, drawn.logp
+            scores = score(loaded.model, [d.crystal for d in draws])[0] if draws else []
+            offered += [(ranking(float(s), d.crystal, loaded.skeletons), d.crystal, d)
+                        for s, d in zip(scores, draws, strict=True)]
+            offered.sort(key=lambda item: -item[0])
+            factor = self.min_distance_factor / _widening(round_)
+            for logp, crystal, drawn in offered:
                 key, limit = _skeleton(crystal, self.max_per_skeleton)
                 if seen.get(key, 0) >= limit:
                     continue
-                factor = self.min_distance_factor / _widening(round_)
                 structure, source = self._from_bank(crystal, seen.get(key, 0), factor), "bank"
-                if structure is None:
+                if structure is None and drawn is not None:
                     structure, source = self._build(drawn, rng, factor), "model"
                 if structure is None:
                     continue
@@ -146,10 +160,12 @@ class WyckoffGenerator:
                 found.append((logp, structure, {"space_group": crystal.space_group,
                                                 "wyckoff": _labels(crystal),
                                                 "coordinates": source,
+                                                "proposed": drawn is None,
                                                 "log_probability": round(logp, 3),
                                                 "round": round_}))
                 if len(found) >= n:
                     break
+            offered = []
         if len(found) < n:
             logger.info("wyckoff: %d of %d candidates for %s", len(found), n, reduced.formula)
         found.sort(key=lambda item: -item[0])

@@ -109,6 +109,16 @@ def dress(crystal: WyckoffCrystal, bank: dict[str, list], use: int) -> WyckoffCr
                           [WyckoffSite(s.z, s.wp, list(f)) for s, f in zip(sites, free)])
 
 
+def closest_distance(crystal: WyckoffCrystal, bank: dict[str, list]) -> float | None:
+    """:func:`chemical_distance` from ``crystal`` to its skeleton's closest bank entry
+    (``None`` when the bank has no entry of its skeleton)."""
+    entries = bank.get(skeleton_key(crystal))
+    if not entries:
+        return None
+    zs = [s.z for s in _canonical(crystal)]
+    return min(chemical_distance(zs, e[0]) for e in entries)
+
+
 def chemical_distance(zs: list[int], other: list[int]) -> float:
     """How unlike two site lists' elements are: mean over sites of the difference in
     electronegativity plus in atomic radius (Å); 0 for the same elements."""
