@@ -1,9 +1,10 @@
 """The quickstart finds the known ground-state structure types of its binaries.
 
-The default suite checks the ML stage (generate + CHGNet prefilter + DIEP
-re-ranking) on the quickstart settings: the first pick must be the ground
-state. The slow suite runs the whole quickstart with GPAW and checks the
-DFT-validated structures and the query.
+Both tests are in the slow suite (``make test-slow``): the ML stage alone
+(generate + CHGNet prefilter + DIEP re-ranking, about 4 minutes on 2 cores; the
+first pick must be the ground state) and the whole quickstart with GPAW (the
+DFT-validated structures and the query). The default suite checks the same
+pieces on smaller inputs (``test_ranker.py``, ``test_cli.py``).
 """
 
 import subprocess
@@ -34,6 +35,7 @@ def matches(structure: Structure, formula: str) -> bool:
     return StructureMatcher().fit(structure, GROUND_STATES[formula])
 
 
+@pytest.mark.slow
 def test_ml_prefilter_recovers_ground_state_prototypes():
     config = load_config(QUICKSTART)
     ranker = MLRanker(model=config.prefilter.model, fmax=config.prefilter.fmax,
