@@ -64,7 +64,7 @@ def test_generator_ranks_proposals_with_samples_reproducibly():
     assert len(first) == 12
     assert [c.structure for c in first] == [c.structure for c in again]
     assert any(c.metadata["proposed"] for c in first)
-    logp = [c.metadata["log_probability"] for c in first]
+    logp = [c.metadata["score"] for c in first]
     assert logp == sorted(logp, reverse=True)
     without = WyckoffGenerator(max_atoms=20, skeleton_proposals=False)
     assert not any(c.metadata["proposed"] for c in without.generate(Composition("ZnSnN2"), 12,

@@ -42,8 +42,8 @@ class WyckoffGenerator:
     ``max_atoms``. Candidates come back best first: by the model's probability of
     the space group, formula units and Wyckoff positions, less a charge for how
     unlike the training crystal whose coordinates dress them is
-    (:func:`~xtalloop.generators.wyckoff.proposals.ranking`), so the first one is
-    the best guess.
+    (:func:`~xtalloop.generators.wyckoff.proposals.ranking`; metadata ``score``), so
+    the first one is the best guess.
 
     Parameters
     ----------
@@ -161,7 +161,7 @@ class WyckoffGenerator:
                                                 "wyckoff": _labels(crystal),
                                                 "coordinates": source,
                                                 "proposed": drawn is None,
-                                                "log_probability": round(logp, 3),
+                                                "score": round(logp, 3),
                                                 "round": round_}))
                 if len(found) >= n:
                     break
