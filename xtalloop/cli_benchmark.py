@@ -293,7 +293,9 @@ def csp(
     data: Path = typer.Option(..., "--data", help="Ground-truth CSV with a 'cif' column "
                                                   "(e.g. MP-20 val.csv.gz)."),
     generator: list[GeneratorKind] = typer.Option(
-        ..., "--generator", help="Generator to benchmark (repeatable)."),
+        ..., "--generator", help="Generator to benchmark (repeatable). templates+wyckoff "
+                                 "takes two template candidates per model candidate and "
+                                 "skips a crystal already pooled."),
     n: int = typer.Option(100, "--n", min=1, help="Compositions (table rows) to sample."),
     k: str = typer.Option("1,20", "--k", help="Candidates per composition at which to "
                                                "report, comma-separated."),
