@@ -40,7 +40,7 @@ import torch
 from xtalloop.generators.wyckoff.data import collate, element_order, to_example
 from xtalloop.generators.wyckoff.model import MAX_FORMULA_UNITS, WyckoffModel
 from xtalloop.generators.wyckoff.sites import WyckoffCrystal, WyckoffSite
-from xtalloop.generators.wyckoff.skeletons import closest_distance, dress
+from xtalloop.generators.wyckoff.skeletons import at_volume, closest_distance, dress
 from xtalloop.generators.wyckoff.tables import wyckoff_table
 
 #: Skeletons (best by the model's space group and formula units) whose assignments are scored.
@@ -204,7 +204,8 @@ def propose(model: WyckoffModel, bank: dict[str, list], amounts_by_z: dict[int, 
     out = []
     for crystal, s, v in zip(crystals, scores, volumes, strict=True):
         if np.isfinite(s) and np.isfinite(v):
-            crystal.lattice = _scaled(crystal.lattice, v * crystal.n_atoms)
+            crystal.lattice = at_volume(crystal.lattice, v * crystal.n_atoms) \
+                or crystal.lattice
             out.append(Proposal(ranking(float(s), crystal, bank), crystal))
     out.sort(key=lambda p: -p.score)
     return out
@@ -219,15 +220,5 @@ def ranking(logp: float, crystal: WyckoffCrystal, bank: dict[str, list]) -> floa
     return logp - CHEMISTRY_WEIGHT * (MISSING_DISTANCE if d is None else min(d, MISSING_DISTANCE))
 
 
-def _scaled(lattice: list[float], volume: float) -> list[float]:
-    """``lattice`` with its lengths scaled to ``volume`` (Å³), angles kept."""
-    from xtalloop.generators.wyckoff.data import _volume
-
-    own = _volume(*lattice)
-    if not (own > 0 and volume > 0):
-        return list(lattice)
-    k = (volume / own) ** (1 / 3)
-    return [lattice[0] * k, lattice[1] * k, lattice[2] * k, *lattice[3:]]
-
-
-__all__ = ["MAX_ASSIGNMENTS", "MAX_SKELETONS", "Proposal", "assignments", "propose", "score"]
+__all__ = ["MAX_ASSIGNMENTS", "MAX_SKELETONS", "Proposal", "assignments", "propose",
+           "ranking", "score"]

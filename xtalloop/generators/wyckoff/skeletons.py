@@ -144,11 +144,20 @@ def _r(z: int) -> float:
 
 
 def _same_volume(shape: list[float], lattice: list[float]) -> list[float]:
-    """``shape``'s axis ratios and angles at ``lattice``'s volume."""
+    """``shape``'s axis ratios and angles at ``lattice``'s volume (``lattice`` if either
+    volume is not positive)."""
     from xtalloop.generators.wyckoff.data import _volume
 
-    target, own = _volume(*lattice), _volume(*shape)
-    if not (target > 0 and own > 0):
-        return list(lattice)
-    scale = (target / own) ** (1 / 3)
+    return at_volume(shape, _volume(*lattice)) or list(lattice)
+
+
+def at_volume(shape: list[float], volume: float) -> list[float] | None:
+    """``shape``'s axis ratios and angles at ``volume`` (Å³); ``None`` if either volume is
+    not positive."""
+    from xtalloop.generators.wyckoff.data import _volume
+
+    own = _volume(*shape)
+    if not (volume > 0 and own > 0):
+        return None
+    scale = (volume / own) ** (1 / 3)
     return [shape[0] * scale, shape[1] * scale, shape[2] * scale, *shape[3:]]
