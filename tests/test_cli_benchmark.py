@@ -123,16 +123,11 @@ def l12(a_el: str, b_el: str, a: float) -> Structure:
                      [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
 
 
-def test_defaults_and_ranked_at_1_with_emt(tmp_path):
-    """Templates from the train split beside --data (a target's own row refused), cells up
-    to the data's largest, candidates relaxed with EMT and the lowest-energy one picked.
-
-    Cu gets fcc (from Ag) and bcc (from Fe) candidates; EMT puts fcc lower, so the pick
-    matches even though bcc comes first among the candidates. A corrupt row in each table
-    is skipped with a counted warning.
-    """
-    (tmp_path / "mp_20").mkdir()
-    val = tmp_path / "mp_20" / "val.csv"
+def emt_tables(folder: Path) -> Path:
+    """``mp_20/val.csv`` (Cu, Ni3Al, a corrupt row) and its ``train_partial.csv`` beside it
+    (Fe, Ag, Cu3Au, the val Cu under its own id, a corrupt row); returns val's path."""
+    (folder / "mp_20").mkdir()
+    val = folder / "mp_20" / "val.csv"
     corrupt = {"cif": "garbage", "nsites": 2, "reduced_formula": "NaCl"}
     rows = shared_rows({"v-Cu": Structure(fcc(3.61), ["Cu"], [[0, 0, 0]]),
                         "v-Ni3Al": l12("Ni", "Al", 3.57)})
@@ -142,7 +137,19 @@ def test_defaults_and_ranked_at_1_with_emt(tmp_path):
                         "t-Cu3Au": l12("Cu", "Au", 3.75),
                         "v-Cu": Structure(fcc(3.61), ["Cu"], [[0, 0, 0]])})  # a target
     pd.concat([rows, pd.DataFrame([corrupt | {"material_id": "t-bad"}])]).to_csv(
-        tmp_path / "mp_20" / "train_partial.csv")
+        folder / "mp_20" / "train_partial.csv")
+    return val
+
+
+def test_defaults_and_ranked_at_1_with_emt(tmp_path):
+    """Templates from the train split beside --data (a target's own row refused), cells up
+    to the data's largest, candidates relaxed with EMT and the lowest-energy one picked.
+
+    Cu gets fcc (from Ag) and bcc (from Fe) candidates; EMT puts fcc lower, so the pick
+    matches even though bcc comes first among the candidates. A corrupt row in each table
+    is skipped with a counted warning.
+    """
+    val = emt_tables(tmp_path)
     out = tmp_path / "bench"
     result = invoke("--data", str(val), "--n", "3", "--k", "1,2",
                     "--generator", "prototype_substitution", "--relax", "emt",
@@ -167,6 +174,38 @@ def test_defaults_and_ranked_at_1_with_emt(tmp_path):
     assert cu["energy_per_atom"][1] < cu["energy_per_atom"][0]
     assert summary["match_rate"] == {"1": 0.5, "2": 1.0}
     assert "| ranked@1 |" in result.stdout and "| 100.0% |" in result.stdout
+
+
+def test_a_killed_relaxed_run_resumes_from_its_journal(tmp_path):
+    """Each finished composition is journaled; --resume computes only the rest and gives
+    the same records; a journal of other settings is refused in one line."""
+    val = emt_tables(tmp_path)
+    out = tmp_path / "bench"
+    args = ("--data", str(val), "--n", "3", "--k", "1,2", "--generator",
+            "prototype_substitution", "--relax", "emt", "--relax-steps", "100", "--out", str(out))
+    assert invoke(*args).exit_code == 0
+    full = json.loads((out / "prototype_substitution" / "results.json").read_text())
+    journal = out / "prototype_substitution" / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 3  # the settings, then one line per composition
+    journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # killed mid-write
+
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "1 compositions taken from the journal" in result.output
+    resumed = json.loads((out / "prototype_substitution" / "results.json").read_text())
+    assert resumed["n_resumed"] == 1 and full["n_resumed"] == 0
+    for a, b in zip(full["per_composition"], resumed["per_composition"], strict=True):
+        assert {k: a[k] for k in ("material_id", "rms", "energy_per_atom", "ranked_match")} \
+            == {k: b[k] for k in ("material_id", "rms", "energy_per_atom", "ranked_match")}
+    assert resumed["ranked_match_rate"] == full["ranked_match_rate"] == {"1": 1.0}
+    assert len(journal.read_text().splitlines()) == 3
+
+    other = [a if a != "100" else "50" for a in args]
+    result = invoke(*other, "--resume")
+    assert result.exit_code != 0
+    assert "was written with another 'relax_steps' (100, now 50)" in result.output
+    assert invoke(*other).exit_code == 0  # without --resume the journal starts afresh
 
 
 def test_diffusion_generator_in_the_benchmark(work, checkpoint):

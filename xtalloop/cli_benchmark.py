@@ -322,6 +322,9 @@ def csp(
     seed: int = typer.Option(0, help="Seeds the composition sample and every generator call."),
     out: Path = typer.Option(Path("csp-benchmark"), "--out", help="Folder for the results."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    resume: bool = typer.Option(False, help="Continue a killed run with the same settings and "
+                                            "--out: compositions in its journal (written as "
+                                            "each finishes) are not computed again."),
 ) -> None:
     """Match rate, RMSE and (with --relax) ranked@1 of generators on the same compositions."""
     from xtalloop.benchmark import run_csp_benchmark, write_results
@@ -369,12 +372,17 @@ def csp(
                                   default_max_atoms=data_max_atoms,
                                   wyckoff_checkpoint=wyckoff_checkpoint)
     relax_fn = make_relax(relax, device, relax_fmax, relax_steps) if relax else None
+    run_key = {"relax": relax, "relax_fmax": relax_fmax, "relax_steps": relax_steps} if relax \
+        else {}
     results: dict[str, dict[str, Any]] = {}
     for gen in generators:
         typer.echo(f"{gen.name}: {n_rows} compositions of {data.name}, "
                    f"k = {', '.join(map(str, ks))}")
         result = run_csp_benchmark(data, gen, n, ks=ks, seed=seed, relax=relax_fn,
-                                   progress=progress)
+                                   progress=progress, journal=out / gen.name / "journal.jsonl",
+                                   resume=resume, run_key=run_key)
+        if result["n_resumed"]:
+            typer.echo(f"{gen.name}: {result['n_resumed']} compositions taken from the journal")
         if result["unreadable_targets"] and not results:
             typer.echo(f"warning: skipped {len(result['unreadable_targets'])} of {n_rows} sampled "
                        f"rows of {data.name} with an unreadable CIF", err=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
+from xtalloop.benchmark.journal import Journal
 from xtalloop.benchmark.relax import Relax
 from xtalloop.errors import DataError, XtalloopError
 from xtalloop.generators.base import Generator, derived_seeds
@@ -51,6 +52,9 @@ def run_csp_benchmark(
     seed: int = 0,
     relax: Relax | None = None,
     progress: bool = True,
+    journal: str | os.PathLike | None = None,
+    resume: bool = False,
+    run_key: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Match rate and RMSE of a generator's candidates against known structures.
 
@@ -75,6 +79,17 @@ def run_csp_benchmark(
         (None or NaN where it failed), which ranks them for ``ranked@1``.
     progress
         Show a tqdm progress bar over compositions.
+    journal
+        JSON-lines file each finished composition's record is appended to
+        (:class:`~xtalloop.benchmark.journal.Journal`), so a killed run loses
+        at most one composition.
+    resume
+        Take the compositions already in ``journal`` from it instead of
+        computing them again; the journal must come from a run with the same
+        data, generator settings, seed, sample size and ``run_key``.
+    run_key
+        Settings the generator and ``relax`` do not report themselves (e.g. the
+        relaxation's model and limits) that a resumed journal must match.
 
     Returns
     -------
@@ -115,13 +130,24 @@ def run_csp_benchmark(
     matcher = StructureMatcher(**MATCHER_SETTINGS)
     targets, unreadable = _ground_truths(table, chosen, row_seeds, data_csv)
 
+    log = None
+    if journal is not None:
+        key = {"data_csv": str(Path(data_csv).resolve()),
+               "generator": getattr(generator, "name", type(generator).__name__),
+               "generator_settings": _settings(generator), "seed": seed,
+               "n_compositions": n_compositions, "k_max": k_max, "relaxed": relax is not None,
+               **(run_key or {})}
+        log = Journal(journal, key, resume)
     records: list[dict[str, Any]] = []
-    generate_time = relax_time = match_time = 0.0
-    n_generated = 0
-    started = time.perf_counter()
+    n_resumed = 0
     for row, row_seed, truth in tqdm(
         targets, desc="CSP benchmark", unit="comp", disable=not progress
     ):
+        if log is not None and row in log.done:
+            records.append(log.done[row])
+            n_resumed += 1
+            continue
+        started = time.perf_counter()
         composition = truth.composition.element_composition.reduced_composition
         record: dict[str, Any] = {
             "material_id": _material_id(table, row),
@@ -132,6 +158,7 @@ def run_csp_benchmark(
             "energy_per_atom": None,
             "ranked_match": None,
             "error": None,
+            "row": row,
         }
         t0 = time.perf_counter()
         try:
@@ -142,9 +169,8 @@ def run_csp_benchmark(
             logger.warning("generator failed on %s: %s", record["formula"], exc)
             record["error"] = f"{type(exc).__name__}: {exc}"
             candidates = []
-        generate_time += time.perf_counter() - t0
+        record["generate_s"] = time.perf_counter() - t0
         structures = [c.structure for c in candidates]
-        n_generated += len(structures)
         record["n_candidates"] = len(structures)
         if structures and relax is not None:
             t0 = time.perf_counter()
@@ -154,14 +180,21 @@ def run_csp_benchmark(
                                  f"{len(energies)} energies for {len(structures)} candidates")
             structures = list(relaxed)
             record["energy_per_atom"] = [_finite(e) for e in energies]
-            relax_time += time.perf_counter() - t0
+            record["relax_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         record["rms"] = [_rms(matcher, s, truth) for s in structures]
         if relax is not None:
             record["ranked_match"] = ranked_hit(record)
-        match_time += time.perf_counter() - t0
+        record["match_s"] = time.perf_counter() - t0
+        record["wall_s"] = time.perf_counter() - started
         records.append(record)
-    wall_time = time.perf_counter() - started
+        if log is not None:
+            log.append(record)
+
+    def total(field: str) -> float:  # journaled records count with their own times
+        return float(sum(r.get(field, 0.0) for r in records))
+
+    n_generated = sum(r["n_candidates"] for r in records)
 
     ranked = relax is not None
     overall = _summarise(records, ks, ranked)
@@ -186,11 +219,12 @@ def run_csp_benchmark(
         "n_zero_candidates": sum(1 for r in records if r["n_candidates"] == 0),
         "n_failed": sum(1 for r in records if r["error"] is not None),
         "unreadable_targets": unreadable,
-        "time_per_structure_s": generate_time / n_generated if n_generated else None,
-        "generate_time_s": generate_time,
-        "relax_time_s": relax_time,
-        "match_time_s": match_time,
-        "wall_time_s": wall_time,
+        "time_per_structure_s": total("generate_s") / n_generated if n_generated else None,
+        "generate_time_s": total("generate_s"),
+        "relax_time_s": total("relax_s"),
+        "match_time_s": total("match_s"),
+        "wall_time_s": total("wall_s"),
+        "n_resumed": n_resumed,
         "per_composition": records,
     }
 
