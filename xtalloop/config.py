@@ -105,18 +105,36 @@ class PrefilterConfig(_Section):
         return _check_model_spec(value, registry=False)
 
 
-class EnergyModelLearning(_Section):
-    """Train MACE on the store's DFT data after each run; promote it if it beats its parent.
+class ChgnetFinetuning(_Section):
+    """How ``architecture: chgnet`` fine-tunes pretrained CHGNet
+    (:class:`~xtalloop.learn.chgnet_finetune.ChgnetFinetuner`)."""
 
-    The parent is the prefilter's model. A MACE parent that knows every
-    element is fine-tuned; otherwise (CHGNet, new elements) the ensemble
-    trains from scratch. The new model is tested against the parent on
-    held-out structures (a fixed ``holdout_fraction`` of them, by a hash of
-    their ids) and promoted only if its energy error is lower; ``prefilter:
-    {model: registry}`` then uses it in the next run.
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    forces_weight: float = Field(1.0, ge=0, description="loss weight of forces (energy: 1)")
+    trainable: tuple[str, ...] = Field(("mlp", "atom_conv_layers.3"), min_length=1,
+                                       description="parameter-name prefixes trained")
+
+
+class EnergyModelLearning(_Section):
+    """Train an energy model on the store's DFT data after each run; promote it if it
+    beats its parent.
+
+    ``architecture: chgnet`` fine-tunes pretrained CHGNet (element offsets
+    refit, the last layers retrained; settings under ``chgnet``), which knows
+    every element and beat it on held-out GPAW data (benchmarks/README.md).
+    ``architecture: mace`` trains a MACE ensemble (the other keys): a MACE
+    parent that knows every element is fine-tuned; otherwise (CHGNet, new
+    elements) the ensemble trains from scratch. The new model is tested
+    against the parent on held-out structures (a fixed ``holdout_fraction``
+    of them, by a hash of their ids) and promoted only if its energy error is
+    lower; ``prefilter: {model: registry}`` then uses it in the next run.
     """
 
     enabled: bool = False
+    architecture: Literal["mace", "chgnet"] = "mace"
+    chgnet: ChgnetFinetuning = ChgnetFinetuning()
     ensemble_size: int = Field(3, ge=1, description="models, different seeds")
     bootstrap: bool = Field(False, description="members train on bootstrap resamples of the "
                             "structures (worse with few structures: benchmarks/README.md)")

@@ -1,6 +1,6 @@
 """A versioned registry of trained energy models, kept in the results store.
 
-Each entry of the ``models`` collection records a model's id (``mace-<n>``),
+Each entry of the ``models`` collection records a model's id (``mace-<n>`` or ``chgnet-<n>``),
 its parent (another id, or a base model such as ``chgnet``), the DFT settings
 key and structures it was trained on, its trainer settings, its metrics and its
 parent's on the same held-out data, and whether it was promoted. The model
@@ -55,20 +55,29 @@ class ModelRegistry:
                  parent_metrics: dict[str, Any], promoted: bool, **record: Any) -> str:
         """Store the native model files of ``model_dir`` and their record; returns the new id.
 
-        Only xtalloop's native format is stored (``*.mace.json`` and their
-        ``*.mace.pt`` weights, :mod:`xtalloop.models.mace_format`), never a
+        Only xtalloop's native formats are stored (``*.mace.json`` and their
+        ``*.mace.pt`` weights, :mod:`xtalloop.models.mace_format`; a fine-tuned
+        CHGNet's ``*.chgnet.json`` and ``*.chgnet.pt``,
+        :mod:`xtalloop.learn.chgnet_finetune`), never a
         pickled ``.model``: whoever fetches a model from a shared store must be
         able to load it without running code from it. ``record`` holds the
         rest of the entry: ``settings_key``, ``training_structures``,
         ``n_frames``, ``trainer``, ``seeds``, ``run``…
         """
+        from xtalloop.learn import chgnet_finetune
         from xtalloop.models.mace_format import SUFFIX, weights_path
 
-        descriptions = sorted(Path(model_dir).glob(f"*{SUFFIX}"))
+        kind, descriptions = "mace", sorted(Path(model_dir).glob(f"*{SUFFIX}"))
+        weights_of = weights_path
         if not descriptions:
-            raise XtalloopError(f"no native MACE model files (*{SUFFIX}) in {model_dir}")
-        files = sorted([*descriptions, *(weights_path(p) for p in descriptions)])
-        model_id = f"mace-{self._next_number()}"
+            kind = "chgnet"
+            descriptions = sorted(Path(model_dir).glob(f"*{chgnet_finetune.SUFFIX}"))
+            weights_of = chgnet_finetune.weights_file
+        if not descriptions:
+            raise XtalloopError(f"no native model files (*{SUFFIX} or "
+                                f"*{chgnet_finetune.SUFFIX}) in {model_dir}")
+        files = sorted([*descriptions, *(weights_of(p) for p in descriptions)])
+        model_id = f"{kind}-{self._next_number()}"
         entries = []
         with self._files() as store:
             for path in files:
@@ -77,7 +86,7 @@ class ModelRegistry:
                                           "name": path.name})
                 entries.append({"name": path.name, "sha256": digest, "bytes": len(data)})
         self.db.store(MODELS).update([{
-            "model_id": model_id, "number": int(model_id.split("-")[1]), "kind": "mace",
+            "model_id": model_id, "number": int(model_id.split("-")[1]), "kind": kind,
             "parent": parent, "files": entries, "metrics": metrics,
             "parent_metrics": parent_metrics, "promoted": promoted, "created_at": now(),
             "promotion": self._next_promotion() if promoted else None,

@@ -17,7 +17,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -93,18 +93,24 @@ class CHGNetModel(EnergyModel):
         Structures per forward pass.
     device
         Torch device (``"cpu"`` or ``"cuda"``).
+    model, version
+        A CHGNet module to use instead of the pretrained one (a fine-tuned
+        model, :mod:`xtalloop.learn.chgnet_finetune`) and its version string.
     """
 
     name = "chgnet"
 
-    def __init__(self, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, batch_size: int = 64, device: str = "cpu", model: Any = None,
+                 version: str | None = None) -> None:
         import chgnet
         from chgnet.model import CHGNet
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._model = CHGNet.load(verbose=False, use_device=device)
-        self.version = f"chgnet {chgnet.__version__}, weights {self._model.version}"
+        if model is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = CHGNet.load(verbose=False, use_device=device)
+        self._model = model
+        self.version = version or f"chgnet {chgnet.__version__}, weights {model.version}"
         self.batch_size = batch_size
 
     def predict(self, atoms: list[Atoms]) -> list[Prediction]:
@@ -202,6 +208,8 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
         a model file is missing, untrusted or not a
         MACE model, or the directory holds no model file.
     """
+    from xtalloop.learn.chgnet_finetune import SUFFIX as CHGNET_SUFFIX
+    from xtalloop.learn.chgnet_finetune import is_finetuned_chgnet, load_finetuned
     from xtalloop.models.mace_format import SUFFIX, is_native
     from xtalloop.models.mace_model import MaceModel
     from xtalloop.models.pretrained import NAMES, canonical_name, load_pretrained
@@ -216,6 +224,12 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
 
         return AseCalculatorModel(EMT, name="emt", version=f"ase {ase.__version__}")
     path = Path(key).expanduser()
+    finetuned = sorted(path.glob(f"*{CHGNET_SUFFIX}")) if path.is_dir() else [path]
+    if finetuned and is_finetuned_chgnet(finetuned[0]):
+        if len(finetuned) > 1:
+            raise XtalloopError(f"{path} holds {len(finetuned)} fine-tuned CHGNet models; "
+                                "name one file")
+        return load_finetuned(finetuned[0], device)
     if path.is_dir():
         members = sorted(path.glob(f"*{SUFFIX}")) or sorted(path.glob("*.model"))
         if not members:
@@ -225,5 +239,6 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
         return MaceModel([path], device=device, dtype=dtype)
     raise XtalloopError(
         f"unknown energy model {spec!r}: use {', '.join(repr(n) for n in NAMES)}, 'emt', "
-        f"a MACE model file (*{SUFFIX}, or a trusted .model) or a directory of them"
+        f"a MACE model file (*{SUFFIX}, or a trusted .model) or a directory of them, "
+        f"or a fine-tuned CHGNet (*{CHGNET_SUFFIX})"
     )

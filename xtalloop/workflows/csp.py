@@ -10,6 +10,7 @@ from jobflow import Flow, Job, Maker, OnMissing
 from xtalloop.config import RunConfig
 from xtalloop.dft.factory import dft_maker
 from xtalloop.dft.result import DftMaker
+from xtalloop.learn.chgnet_finetune import ChgnetFinetuner
 from xtalloop.learn.mace_training import MaceTrainer
 from xtalloop.workflows.generate import GenerateMaker
 from xtalloop.workflows.learn import EnergyModelTrainingMaker
@@ -125,7 +126,11 @@ def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings
         settings_key=settings_key,
         prefilter_model=config.prefilter.model,
         base_model=config.prefilter.base_model,
-        trainer=MaceTrainer(
+        trainer=ChgnetFinetuner(
+            epochs=learning.chgnet.epochs, lr=learning.chgnet.lr,
+            batch_size=learning.chgnet.batch_size, forces_weight=learning.chgnet.forces_weight,
+            trainable=learning.chgnet.trainable, device=learning.device)
+        if learning.architecture == "chgnet" else MaceTrainer(
             num_channels=learning.num_channels, max_L=learning.max_L, r_max=learning.r_max,
             epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
             energy_weight=learning.energy_weight, forces_weight=learning.forces_weight,

@@ -9,6 +9,7 @@ from typing import Any
 
 from jobflow import Maker, job
 
+from xtalloop.learn.chgnet_finetune import ChgnetFinetuner
 from xtalloop.learn.mace_training import MaceTrainer
 from xtalloop.workflows.outputs import EnergyModelTraining, GeneratorTraining
 
@@ -17,9 +18,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EnergyModelTrainingMaker(Maker):
-    """Train a MACE ensemble on every DFT relaxation in the store and register it.
+    """Train an energy model on every DFT relaxation in the store and register it.
 
-    The parent is the prefilter's current model (``prefilter_model``, with
+    With a :class:`~xtalloop.learn.chgnet_finetune.ChgnetFinetuner` as ``trainer``,
+    pretrained CHGNet is fine-tuned (one model). With a MACE trainer, the
+    parent is the prefilter's current model (``prefilter_model``, with
     ``"registry"`` resolved to the promoted model or ``base_model``). A MACE
     parent knowing all elements of the data is fine-tuned; any other parent
     is replaced by models trained from scratch. Both are tested on the same
@@ -37,9 +40,9 @@ class EnergyModelTrainingMaker(Maker):
     prefilter_model, base_model
         The prefilter's model setting and its fallback.
     trainer
-        mace_run_train settings.
+        mace_run_train settings, or a CHGNet fine-tuning's.
     ensemble_size
-        Members of the ensemble.
+        Members of a MACE ensemble (a fine-tuned CHGNet is one model).
     holdout_fraction
         Share of structures held out for testing (fixed per structure).
     max_frames_per_relaxation
@@ -57,7 +60,7 @@ class EnergyModelTrainingMaker(Maker):
     settings_key: str = ""
     prefilter_model: str = "chgnet"
     base_model: str = "chgnet"
-    trainer: MaceTrainer = field(default_factory=MaceTrainer)
+    trainer: MaceTrainer | ChgnetFinetuner = field(default_factory=MaceTrainer)
     ensemble_size: int = 3
     holdout_fraction: float = 0.2
     max_frames_per_relaxation: int = 8
@@ -107,15 +110,22 @@ class EnergyModelTrainingMaker(Maker):
         parent_spec, parent_id = resolve_model(self.prefilter_model, self.base_model, self.store)
         parent = load_energy_model(parent_spec)
         elements = elements_of(train)
-        foundation = getattr(parent, "paths", None)
-        if foundation and not elements <= parent.elements:
-            logger.info("parent %s lacks %s: training from scratch", parent_spec,
-                        sorted(elements - parent.elements))
-            foundation = None
-        ensemble = self.trainer.train_ensemble(
-            train, Path.cwd() / "energy_model", size=self.ensemble_size, seed=self.seed,
-            parents=foundation)
+        if isinstance(self.trainer, ChgnetFinetuner):  # always from the pretrained weights
+            ensemble = Path.cwd() / "energy_model"
+            self.trainer.train(train, ensemble, seed=self.seed)
+            fine_tuned = True
+        else:
+            foundation = getattr(parent, "paths", None)
+            if foundation and not elements <= parent.elements:
+                logger.info("parent %s lacks %s: training from scratch", parent_spec,
+                            sorted(elements - parent.elements))
+                foundation = None
+            ensemble = self.trainer.train_ensemble(
+                train, Path.cwd() / "energy_model", size=self.ensemble_size, seed=self.seed,
+                parents=foundation)
+            fine_tuned = bool(foundation)
         child = load_energy_model(str(ensemble))
+        chgnet = isinstance(self.trainer, ChgnetFinetuner)
         metrics = evaluate(child, holdout, align_on=train)
         parent_metrics = evaluate(parent, holdout, align_on=train)
         promoted, reason = should_promote(metrics, parent_metrics)
@@ -123,16 +133,18 @@ class EnergyModelTrainingMaker(Maker):
             model_id = ModelRegistry(db).register(
                 ensemble, parent=parent_id or parent_spec, metrics=metrics,
                 parent_metrics=parent_metrics, promoted=promoted,
-                settings_key=self.settings_key, fine_tuned=bool(foundation),
+                settings_key=self.settings_key, fine_tuned=fine_tuned,
                 training_structures=groups(train), holdout_structures=groups(holdout),
                 n_frames={"train": len(train), "holdout": len(holdout)},
                 elements=sorted(elements),
-                trainer=self.trainer.settings(), ensemble_size=self.ensemble_size,
-                seeds=[self.seed + i for i in range(self.ensemble_size)], run=self.run)
+                trainer=self.trainer.settings(),
+                ensemble_size=1 if chgnet else self.ensemble_size,
+                seeds=[self.seed + i for i in range(1 if chgnet else self.ensemble_size)],
+                run=self.run)
         logger.info("energy model %s: %s", model_id, reason)
         return EnergyModelTraining(
             model_id=model_id, parent=parent_id or parent_spec, promoted=promoted,
-            reason=reason, fine_tuned=bool(foundation), metrics=metrics,
+            reason=reason, fine_tuned=fine_tuned, metrics=metrics,
             parent_metrics=parent_metrics,
             n_frames={"train": len(train), "holdout": len(holdout)},
             n_structures={"train": len(groups(train)), "holdout": len(groups(holdout))},

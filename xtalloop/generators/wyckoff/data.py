@@ -9,6 +9,8 @@ in the known crystal.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
@@ -27,11 +29,15 @@ MAX_ELEMENTS = 10
 
 def element_order(zs: list[int]) -> list[int]:
     """Atomic numbers in placement order: electronegativity, then atomic number."""
-    def key(z: int) -> tuple[float, int]:
-        x = Element.from_Z(z).X
-        return (x if x == x else 5.0, z)
+    return sorted(set(zs), key=_order_key)
 
-    return sorted(set(zs), key=key)
+
+@functools.lru_cache(maxsize=None)
+def _order_key(z: int) -> tuple[float, int]:
+    with warnings.catch_warnings():  # "no Pauling electronegativity" for He, Ne, Ar: NaN
+        warnings.simplefilter("ignore")
+        x = Element.from_Z(z).X
+    return (x if x == x else 5.0, z)
 
 
 @dataclass

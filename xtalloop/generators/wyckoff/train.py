@@ -136,7 +136,7 @@ def train_wyckoff(crystals: list[WyckoffCrystal], out: str | Path,
             for group in opt.param_groups:
                 group["lr"] = learning_rate(train_config.lr, step, total, done)
             for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + float(value) / steps_per_epoch
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / steps_per_epoch
         val_parts = evaluate(model, val, train_config.batch_size)
         val_loss = sum(val_parts.values())
         elapsed = time.monotonic() - start

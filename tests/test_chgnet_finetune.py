@@ -1,0 +1,126 @@
+"""Fine-tuning pretrained CHGNet on DFT frames: files, safe loading, the loop's learning job."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_learning import emt_frames
+from typer.testing import CliRunner
+
+from xtalloop.cli import app
+from xtalloop.config import RunConfig
+from xtalloop.digest import file_sha256
+from xtalloop.errors import XtalloopError
+from xtalloop.learn.chgnet_finetune import ChgnetFinetuner, load_finetuned, weights_file
+from xtalloop.learn.registry import ModelRegistry, should_promote
+from xtalloop.models.energy_model import load_energy_model
+from xtalloop.models.trust import is_trusted
+from xtalloop.runner import execute
+from xtalloop.store.results import open_results
+
+TINY = ChgnetFinetuner(epochs=3, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, one_torch_thread):
+    frames = emt_frames(seed=0, n=8)
+    folder = tmp_path_factory.mktemp("chgnet")
+    return frames, TINY.train(frames, folder, seed=0)
+
+
+def energy_error(model, frames) -> float:
+    """Mean absolute error of the energy per atom against the frames' labels (eV/atom)."""
+    predicted = model.predict(frames)
+    return float(np.mean([abs(p.energy - a.get_potential_energy()) / len(a)
+                          for p, a in zip(predicted, frames, strict=True)]))
+
+
+def test_fine_tuned_chgnet_learns_the_labels_energy_scale(finetuned):
+    frames, description = finetuned
+    meta = json.loads(description.read_text())
+    assert meta["format"] == "xtalloop-chgnet-finetuned/1" and meta["n_frames"] == 8
+    assert set(meta["offsets_ev"]) == {"Cu", "Au"} and len(meta["loss_per_epoch"]) == 3
+    weights = weights_file(description)
+    # trained here: on this machine's trust list, so the registry may fetch it back
+    assert is_trusted(file_sha256(description)) and is_trusted(file_sha256(weights))
+
+    child = load_energy_model(str(description.parent))  # a folder holding one model
+    parent = load_energy_model("chgnet")
+    assert child.name == "chgnet" and "fine-tuned" in child.version
+    # EMT's energies lie eV/atom away from CHGNet's: the refit offsets take that up
+    assert energy_error(child, frames) < 0.5 * energy_error(parent, frames)
+    forces = child.predict(frames[:1])[0].forces
+    assert forces.shape == (4, 3) and np.all(np.isfinite(forces))
+
+
+def test_a_changed_or_foreign_file_is_refused_in_one_line(finetuned, tmp_path):
+    _, description = finetuned
+    copy = tmp_path / description.name
+    copy.write_text(description.read_text())
+    with pytest.raises(XtalloopError, match="weights file .* not found"):
+        load_finetuned(copy)
+    weights = weights_file(copy)
+    weights.write_bytes(weights_file(description).read_bytes() + b"\0")
+    with pytest.raises(XtalloopError, match="sha256 differs"):
+        load_finetuned(copy)
+    copy.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(XtalloopError, match="is not a fine-tuned CHGNet description"):
+        load_finetuned(copy)
+    copy.write_text("{not json")
+    with pytest.raises(XtalloopError, match="cannot read fine-tuned CHGNet") as err:
+        load_energy_model(str(copy))
+    assert "\n" not in str(err.value)
+
+
+def test_config_chooses_the_architecture_and_names_a_bad_key():
+    base = {"name": "x", "compositions": ["Cu"],
+            "learn": {"energy_model": {"enabled": True, "architecture": "chgnet",
+                                       "chgnet": {"epochs": 5}}}}
+    config = RunConfig.model_validate(base)
+    assert config.learn.energy_model.chgnet.epochs == 5
+    assert config.learn.energy_model.chgnet.trainable == ("mlp", "atom_conv_layers.3")
+    bad = json.loads(json.dumps(base))
+    bad["learn"]["energy_model"]["architecture"] = "painn"
+    with pytest.raises(Exception, match="learn.energy_model.architecture"):
+        RunConfig.model_validate(bad)
+
+
+def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch_thread,
+                                                             monkeypatch):
+    from conftest import EmtRelaxAsDftMaker
+    from test_learning import learning_config
+
+    monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
+    config = learning_config(tmp_path)
+    learn = config.learn.model_copy(update={"energy_model": config.learn.energy_model.model_copy(
+        update={"architecture": "chgnet",
+                "chgnet": config.learn.energy_model.chgnet.model_copy(update={"epochs": 3})})})
+    config = config.model_copy(update={"learn": learn})
+    maker = EmtRelaxAsDftMaker(steps=60, relax_kwargs={"fmax": 0.05})
+
+    first = execute(config, progress=False, relax_maker=maker)
+    assert first.failed_jobs == []
+    learned = first.energy_model
+    assert learned["model_id"] == "chgnet-1" and learned["parent"] == "chgnet"
+    assert learned["fine_tuned"] and learned["metrics"]["energy_mae"] > 0
+    assert learned["promoted"] == should_promote(learned["metrics"],
+                                                 learned["parent_metrics"])[0]
+    with open_results(config.store) as db:
+        record = ModelRegistry(db).get("chgnet-1")
+    assert record["kind"] == "chgnet" and len(record["files"]) == 2
+    assert record["trainer"]["kind"] == "chgnet" and record["ensemble_size"] == 1
+    if not learned["promoted"]:  # the scientist overrides the automatic decision
+        out = CliRunner().invoke(app, ["model", "promote", "chgnet-1", "--store",
+                                       config.store.path])
+        assert out.exit_code == 0, out.output
+
+    second = execute(config.model_copy(update={"compositions": ("Cu3Au", "Cu", "Au")}),
+                     progress=False, relax_maker=maker)
+    assert second.failed_jobs == []
+    with open_results(config.store) as db:
+        docs = db.find_validated(formula="Cu3Au")
+    assert docs and {d["prefilter"]["energy_model"]["registry_id"] for d in docs} == {
+        "chgnet-1"}
+    assert second.energy_model["model_id"] == "chgnet-2"
