@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--validator-steps", type=int, default=300)
     parser.add_argument("--energy-epochs", type=int, default=30,
                         help="energy-model training epochs per round (arms b, d)")
+    parser.add_argument("--energy-architecture", choices=("chgnet", "mace"), default="chgnet",
+                        help="what arms b, d train: chgnet fine-tunes the pretrained "
+                             "prefilter (needs --prefilter chgnet), mace trains MACE")
     parser.add_argument("--generator-epochs", type=int, default=5,
                         help="generator fine-tuning epochs per round (arms c, d)")
     parser.add_argument("--seed", type=int, default=0)
@@ -122,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint=str(base.resolve()), candidates=args.candidates,
             max_atoms=args.max_atoms, prefilter=args.prefilter, validator=args.validator,
             prefilter_steps=args.prefilter_steps, validator_steps=args.validator_steps,
-            energy_epochs=args.energy_epochs, generator_epochs=args.generator_epochs)
+            energy_epochs=args.energy_epochs, generator_epochs=args.generator_epochs,
+            energy_architecture=args.energy_architecture)
 
         def usable(elements: set[str]) -> set[str]:  # both models must know every element
             return model_elements(args.validator)(model_elements(args.prefilter)(elements))

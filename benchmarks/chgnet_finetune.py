@@ -45,6 +45,9 @@ def main() -> None:
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--structures", default="all,40",
+                        help="training structures per size (elemental phases always train; "
+                             "a random subset of the compounds makes up the rest)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/chgnet_finetune")
     parser.add_argument("--models", type=Path, default=REPO / "runs/chgnet_finetune",
                         help="where the fine-tuned models are written")
@@ -54,6 +57,7 @@ def main() -> None:
         parser.error(f"--variants: unknown {bad[0]!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     warnings.filterwarnings("ignore")
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -70,25 +74,38 @@ def main() -> None:
     print(f"{len(frames)} frames of {len(groups(frames))} structures: train {len(train)} frames "
           f"of {len(groups(train))} structures, held out {len(test)} frames of "
           f"{len(groups(test))}", flush=True)
-    start = time.perf_counter()
-    parent = evaluate(load_energy_model("chgnet"), test, align_on=train)
-    rows = [{"model": "CHGNet (pretrained, parent)", "seed": None,
-             "seconds": round(time.perf_counter() - start, 1),
-             **{k: parent.get(k) for k in KEYS}}]
-    for variant in variants:
-        for seed in seeds:
-            tuner = ChgnetFinetuner(epochs=args.epochs, trainable=VARIANTS[variant])
-            start = time.perf_counter()
-            description = tuner.train(train, args.models / f"{variant}-{seed}".replace(" ", "_"),
-                                      seed=seed)
-            seconds = time.perf_counter() - start
-            metrics = evaluate(load_finetuned(description), test, align_on=train)
-            rows.append({"model": f"fine-tuned: {variant}", "seed": seed,
-                         "seconds": round(seconds, 1), **{k: metrics.get(k) for k in KEYS}})
-            print(f"{variant}, seed {seed}: energy MAE {metrics['energy_mae']:.1f} meV/atom, "
-                  f"F1 {metrics['f1']:.3f} ({seconds:.0f} s)", flush=True)
+    elemental = [g for g in groups(train) if len(
+        {s for a in train if a.info["group"] == g for s in a.get_chemical_symbols()}) == 1]
+    compounds = [g for g in groups(train) if g not in elemental]
+    order = [compounds[i] for i in np.random.default_rng(0).permutation(len(compounds))]
+    subsets = {}
+    for size in args.structures.split(","):
+        n = len(groups(train)) if size == "all" else int(size)
+        chosen = set(elemental) | set(order[:max(0, n - len(elemental))])
+        subsets[len(chosen)] = [a for a in train if a.info["group"] in chosen]
+    rows = []
+    for n, subset in subsets.items():
+        start = time.perf_counter()
+        parent = evaluate(load_energy_model("chgnet"), test, align_on=subset)
+        rows.append({"model": "CHGNet (pretrained, parent)", "structures": n, "seed": None,
+                     "seconds": round(time.perf_counter() - start, 1),
+                     **{k: parent.get(k) for k in KEYS}})
+        for variant in variants:
+            for seed in seeds:
+                tuner = ChgnetFinetuner(epochs=args.epochs, trainable=VARIANTS[variant])
+                start = time.perf_counter()
+                folder = args.models / f"{variant}-n{n}-{seed}".replace(" ", "_")
+                description = tuner.train(subset, folder, seed=seed)
+                seconds = time.perf_counter() - start
+                metrics = evaluate(load_finetuned(description), test, align_on=subset)
+                rows.append({"model": f"fine-tuned: {variant}", "structures": n, "seed": seed,
+                             "seconds": round(seconds, 1),
+                             **{k: metrics.get(k) for k in KEYS}})
+                print(f"{n} structures, {variant}, seed {seed}: energy MAE "
+                      f"{metrics['energy_mae']:.1f} meV/atom, F1 {metrics['f1']:.3f} "
+                      f"({seconds:.0f} s)", flush=True)
 
-    header = ["model", "seed", *KEYS, "seconds"]
+    header = ["model", "structures", "seed", *KEYS, "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("-" if r[k] is None else f"{r[k]:.3f}" if isinstance(r[k], float)
                                 else str(r[k]) for k in header) + " |" for r in rows]
@@ -98,7 +115,8 @@ def main() -> None:
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps({
         "command": " ".join(["python", *sys.argv]), "n_train_frames": len(train),
-        "n_train_structures": len(groups(train)), "n_test_frames": len(test),
+        "n_train_structures": len(groups(train)), "n_elemental": len(elemental),
+        "n_test_frames": len(test),
         "n_test_structures": len(groups(test)), "rows": rows}, indent=2))
     print(f"-> {args.out}/results.md, results.json")
 

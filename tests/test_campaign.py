@@ -104,6 +104,8 @@ def test_every_arm_config_is_a_valid_loop_that_differs_only_in_learning(tmp_path
         assert [s.arities for s in config.loop.schedule] == [(2,), (3,), (4,), (5, 6, 7, 8, 9)]
         assert (config.learn.energy_model.enabled, config.learn.generator.enabled) == ARMS[arm]
         assert (config.prefilter.model == "registry") == ARMS[arm][0]
+        if ARMS[arm][0]:  # the energy arms fine-tune the pretrained prefilter
+            assert config.learn.energy_model.architecture == "chgnet"
         assert config.store.path.endswith(f"{arm}/store")
     strip = {"name", "learn", "prefilter", "store", "output_dir"}
     same = [{k: v for k, v in c.items() if k not in strip} for c in configs.values()]
@@ -212,3 +214,13 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     with pytest.raises(ConfigError, match="other settings .*budget"):
         run_campaign(CampaignSettings(**{**vars(settings), "budget": 3}), ["a"],
                      tmp_path / "work")
+    # a campaign saved before a setting existed resumes as what it did then
+    saved = tmp_path / "work" / "targets.json"
+    before = json.loads(saved.read_text())
+    del before["settings"]["energy_architecture"]
+    saved.write_text(json.dumps(before))
+    with pytest.raises(ConfigError, match="other settings .*energy_architecture"):
+        run_campaign(settings, ["a"], tmp_path / "work", score_only=True)
+    mace = CampaignSettings(**{**vars(settings), "energy_architecture": "mace"})
+    assert run_campaign(mace, ["a"], tmp_path / "work", score_only=True)["arms"]["a"][
+        "rounds"] == result["arms"]["a"]["rounds"]

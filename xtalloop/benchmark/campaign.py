@@ -46,6 +46,8 @@ ARM_NAMES: dict[str, str] = {"a": "nothing learns", "b": "energy model learns",
                              "c": "generator learns", "d": "both learn"}
 #: Arity groups of the schedule, in order; "5+" covers 5 to 9 distinct elements.
 STAGES: dict[str, tuple[int, ...]] = {"2": (2,), "3": (3,), "4": (4,), "5+": (5, 6, 7, 8, 9)}
+#: What a campaign saved before a setting existed did instead (resumed as that).
+BEFORE_SETTING: dict[str, Any] = {"energy_architecture": "mace"}
 DEFAULT_DATA: tuple[str, ...] = ("../shared/data/mp_20/val.csv.gz",
                                  "../shared/data/mpts_52/val.csv.gz")
 
@@ -82,6 +84,9 @@ class CampaignSettings:
         FIRE step limits of the two relaxations.
     energy_epochs, generator_epochs
         Training epochs of the learning arms per round.
+    energy_architecture
+        What the energy-learning arms train (``learn.energy_model.architecture``):
+        ``chgnet`` fine-tunes the pretrained prefilter, ``mace`` trains MACE.
     stable_within
         eV/atom above the validator's hull that the loop counts as stable
         (what the generator arm fine-tunes on; the benchmark's *hit* is stricter).
@@ -104,6 +109,7 @@ class CampaignSettings:
     prefilter_steps: int = 150
     validator_steps: int = 300
     energy_epochs: int = 30
+    energy_architecture: str = "chgnet"
     generator_epochs: int = 5
     stable_within: float = 0.1
     energy_tolerance: float = 0.0
@@ -221,7 +227,10 @@ def arm_config(settings: CampaignSettings, arm: str, formulas: Sequence[str],
                                          "steps": settings.validator_steps}},
         "learn": {
             "energy_model": {"enabled": energy, "ensemble_size": 1,
-                             "epochs": settings.energy_epochs, "seed": settings.seed},
+                             "epochs": settings.energy_epochs, "seed": settings.seed,
+                             **({"architecture": settings.energy_architecture,
+                                 "chgnet": {"epochs": settings.energy_epochs}}
+                                if energy else {})},
             "generator": {"enabled": generator, "epochs": settings.generator_epochs,
                           "stable_within": settings.stable_within, "seed": settings.seed},
         },
@@ -330,7 +339,8 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
     chosen = json.loads(json.dumps(asdict(settings)))
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        changed = sorted(k for k in chosen if previous["settings"].get(k) != chosen[k])
+        was = {**BEFORE_SETTING, **previous["settings"]}
+        changed = sorted(k for k in chosen if was.get(k) != chosen[k])
         if changed:
             raise ConfigError(f"{out} holds a campaign with other settings "
                               f"({', '.join(changed)}): use another --out")
