@@ -118,8 +118,8 @@ def test_loop_runs_rounds_by_arity_records_them_and_reports(tmp_path, one_torch_
     monkeypatch.setenv("XTALLOOP_CACHE", str(tmp_path / "cache"))
     config = loop_config(
         tmp_path, {"schedule": [{"arities": [1, 2]}, {"arities": [2, 3]}]},
-        learn={"energy_model": {"enabled": True, "ensemble_size": 1, "epochs": 4,
-                                "num_channels": 8, "r_max": 4.0, "min_structures": 2,
+        learn={"energy_model": {"enabled": True, "architecture": "mace", "ensemble_size": 1,
+                                "epochs": 4, "num_channels": 8, "r_max": 4.0, "min_structures": 2,
                                 "holdout_fraction": 0.3}},
         prefilter={"model": "registry", "base_model": "emt", "top_k": 2, "steps": 60})
     maker = EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05})

@@ -77,8 +77,9 @@ def with_learning(path: Path, base: Path) -> None:
     # two DFT relaxations per element: round 1's energy model has enough to train on
     data["prefilter"] = {"model": "registry", "base_model": "emt", "top_k": 2, "steps": 100}
     data["learn"] = {
-        "energy_model": {"enabled": True, "ensemble_size": 1, "epochs": 4, "num_channels": 8,
-                         "r_max": 4.0, "min_structures": 2, "holdout_fraction": 0.3},
+        "energy_model": {"enabled": True, "architecture": "mace", "ensemble_size": 1,
+                         "epochs": 4, "num_channels": 8, "r_max": 4.0, "min_structures": 2,
+                         "holdout_fraction": 0.3},
         "generator": {"enabled": True, "epochs": 2, "min_structures": 1},
     }
     path.write_text(yaml.safe_dump(data))
