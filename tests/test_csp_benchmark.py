@@ -12,7 +12,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from xtalloop.benchmark import run_csp_benchmark, write_results
-from xtalloop.benchmark.csp import ARITY_LABELS
+from xtalloop.benchmark.csp import ARITY_LABELS, RANK_WINDOW, ranked_hit
 from xtalloop.errors import DataError
 from xtalloop.generators.base import Candidate
 from xtalloop.generators.prototype_substitution import PrototypeSubstitutionGenerator
@@ -345,3 +345,13 @@ def test_corrupt_templates_are_skipped_and_counted_or_refused(tmp_path):
     reference.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(DataError, match="^no usable template in .*train.csv"):
         prepare_templates(tmp_path / "train.csv", tmp_path / "val.csv", data, tmp_path / "out")
+
+
+def test_the_pick_within_the_energy_window_follows_the_generator_order():
+    """Lowest energy first; within RANK_WINDOW of it, the generator's earlier candidate."""
+    near = {"energy_per_atom": [0.010, 0.0, None], "rms": [0.1, None, 0.2]}
+    assert not ranked_hit(near)  # the lowest-energy candidate (second) does not match
+    assert ranked_hit(near, RANK_WINDOW)  # the first lies 10 meV/atom above: it is picked
+    far = {"energy_per_atom": [RANK_WINDOW + 0.01, 0.0], "rms": [0.1, None]}
+    assert not ranked_hit(far, RANK_WINDOW)
+    assert not ranked_hit({"energy_per_atom": [None, None], "rms": [0.1, 0.1]}, RANK_WINDOW)

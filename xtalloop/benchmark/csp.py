@@ -10,6 +10,9 @@ smallest normalised RMS distance among those first ``k`` candidates. With a
 relaxation, each candidate's final energy per atom is kept and ``ranked@1``
 (``ranked_match_rate["1"]``) counts the rows whose lowest-energy candidate
 (of all ``max(ks)``) matches: the pick a user gets before any DFT.
+``window_match_rate["1"]`` counts the rows whose earliest candidate within
+:data:`RANK_WINDOW` of the lowest energy matches (energy first, then the
+generator's own ranking among near-ties).
 """
 
 from __future__ import annotations
@@ -214,6 +217,8 @@ def run_csp_benchmark(
         "match_rate": overall["match_rate"],
         "rmse": overall["rmse"],
         "ranked_match_rate": overall["ranked_match_rate"],
+        "window_match_rate": overall["window_match_rate"],
+        "rank_window_ev": RANK_WINDOW,
         "per_arity": per_arity,
         "n_generated": n_generated,
         "n_zero_candidates": sum(1 for r in records if r["n_candidates"] == 0),
@@ -310,11 +315,24 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def ranked_hit(record: dict[str, Any]) -> bool:
-    """Whether the row's lowest-energy candidate matches (ties: the earlier candidate)."""
+#: eV/atom: candidates this close to the lowest relaxed energy count as tied, and the
+#: generator's own order picks among them (``window_match_rate``). Polymorphs of one
+#: composition often lie within a few meV/atom under an ML potential, well inside the
+#: tens of meV/atom its energies are off from DFT, so the lowest-energy one is a guess.
+RANK_WINDOW = 0.025
+
+
+def ranked_hit(record: dict[str, Any], window: float = 0.0) -> bool:
+    """Whether the row's pick matches: the earliest candidate (in the generator's order)
+    whose energy is within ``window`` eV/atom of the lowest (``0``: the lowest-energy one).
+    """
     energies = record.get("energy_per_atom") or []
     finite = [(e, i) for i, e in enumerate(energies) if e is not None]
-    return bool(finite) and record["rms"][min(finite)[1]] is not None
+    if not finite:
+        return False
+    lowest = min(finite)[0]
+    pick = min(i for e, i in finite if e <= lowest + window)
+    return record["rms"][pick] is not None
 
 
 def _ground_truth(table, row: int, source) -> Structure:
@@ -382,9 +400,14 @@ def _summarise(records: list[dict[str, Any]], ks: list[int], ranked: bool) -> di
         matched = [b for b in best if b is not None]
         match_rate[str(k)] = len(matched) / len(records) if records else None
         rmse[str(k)] = float(np.mean(matched)) if matched else None
-    rate = sum(map(ranked_hit, records)) / len(records) if ranked and records else None
+    def rate(window: float) -> float | None:
+        if not ranked or not records:
+            return None
+        return sum(ranked_hit(r, window) for r in records) / len(records)
+
     return {"n": len(records), "match_rate": match_rate, "rmse": rmse,
-            "ranked_match_rate": {"1": rate}}
+            "ranked_match_rate": {"1": rate(0.0)},
+            "window_match_rate": {"1": rate(RANK_WINDOW)}}
 
 
 def _settings(generator: Generator) -> dict[str, Any]:
