@@ -122,10 +122,11 @@ class ChgnetFinetuner:
                 order, total = rng.permutation(len(frames)), 0.0
                 for i in range(0, len(order), self.batch_size):
                     idx = order[i:i + self.batch_size]
-                    out = model([graphs[j] for j in idx], task="ef")
-                    loss_e = torch.mean((out["e"] - energy[idx].to(out["e"].dtype)) ** 2)
-                    loss_f = torch.mean(torch.cat(
-                        [((f - forces[j]) ** 2).reshape(-1) for f, j in zip(out["f"], idx)]))
+                    out = model([graphs[j].to(self.device) for j in idx], task="ef")
+                    target = energy[idx].to(out["e"].device, out["e"].dtype)
+                    loss_e = torch.mean((out["e"] - target) ** 2)
+                    loss_f = torch.mean(torch.cat([((f - forces[j].to(f.device)) ** 2).reshape(-1)
+                                                   for f, j in zip(out["f"], idx)]))
                     loss = loss_e + self.forces_weight * loss_f
                     opt.zero_grad()
                     loss.backward()
