@@ -111,6 +111,8 @@ def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch
         record = ModelRegistry(db).get("chgnet-1")
     assert record["kind"] == "chgnet" and len(record["files"]) == 2
     assert record["trainer"]["kind"] == "chgnet" and record["ensemble_size"] == 1
+    listing = CliRunner().invoke(app, ["model", "list", "--store", config.store.path])
+    assert listing.exit_code == 0 and "chgnet-1" in listing.output
     if not learned["promoted"]:  # the scientist overrides the automatic decision
         out = CliRunner().invoke(app, ["model", "promote", "chgnet-1", "--store",
                                        config.store.path])

@@ -38,7 +38,7 @@ def learning_line(summary: dict[str, Any]) -> str:
 
 def _members(files: list[dict[str, Any]]) -> int:
     """Ensemble members: one description (or, in registries of old, one ``.model``) each."""
-    return sum(1 for f in files if f["name"].endswith((".mace.json", ".model")))
+    return sum(1 for f in files if f["name"].endswith((".mace.json", ".chgnet.json", ".model")))
 
 
 @model_app.command("list")
