@@ -10,6 +10,7 @@ from test_learning import emt_frames
 from typer.testing import CliRunner
 
 from xtalloop.cli import app
+from xtalloop.cli_model import learning_line
 from xtalloop.config import RunConfig
 from xtalloop.digest import file_sha256
 from xtalloop.errors import XtalloopError
@@ -125,4 +126,7 @@ def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch
         docs = db.find_validated(formula="Cu3Au")
     assert docs and {d["prefilter"]["energy_model"]["registry_id"] for d in docs} == {
         "chgnet-1"}
-    assert second.energy_model["model_id"] == "chgnet-2"
+    tuned = second.energy_model
+    assert (tuned["model_id"], tuned["parent"], tuned["base"]) == ("chgnet-2", "chgnet-1", "chgnet")
+    # trained from the pretrained weights on all DFT data, judged against chgnet-1
+    assert "fine-tuned from chgnet; parent chgnet-1" in learning_line(tuned)

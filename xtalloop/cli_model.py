@@ -30,6 +30,8 @@ def learning_line(summary: dict[str, Any]) -> str:
         return f"energy model: not trained ({summary.get('reason')})"
     verdict = "promoted" if summary["promoted"] else "not promoted"
     how = "fine-tuned from" if summary.get("fine_tuned") else "trained from scratch; parent"
+    if summary.get("base") and summary["base"] != summary["parent"]:
+        how = f"fine-tuned from {summary['base']}; parent"
     n = summary.get("n_structures", {})
     return (f"energy model: {summary['model_id']} {verdict} ({how} {summary['parent']}; "
             f"{n.get('train', '?')} structures, {n.get('holdout', '?')} held out): "

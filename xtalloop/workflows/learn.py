@@ -134,6 +134,7 @@ class EnergyModelTrainingMaker(Maker):
                 ensemble, parent=parent_id or parent_spec, metrics=metrics,
                 parent_metrics=parent_metrics, promoted=promoted,
                 settings_key=self.settings_key, fine_tuned=fine_tuned,
+                base="chgnet" if chgnet else None,
                 training_structures=groups(train), holdout_structures=groups(holdout),
                 n_frames={"train": len(train), "holdout": len(holdout)},
                 elements=sorted(elements),
@@ -144,7 +145,8 @@ class EnergyModelTrainingMaker(Maker):
         logger.info("energy model %s: %s", model_id, reason)
         return EnergyModelTraining(
             model_id=model_id, parent=parent_id or parent_spec, promoted=promoted,
-            reason=reason, fine_tuned=fine_tuned, metrics=metrics,
+            reason=reason, fine_tuned=fine_tuned, base="chgnet" if chgnet else None,
+            metrics=metrics,
             parent_metrics=parent_metrics,
             n_frames={"train": len(train), "holdout": len(holdout)},
             n_structures={"train": len(groups(train)), "holdout": len(groups(holdout))},

@@ -81,6 +81,9 @@ class EnergyModelTraining(_Output):
     promoted: bool = False
     reason: str
     fine_tuned: bool | None = None
+    base: str | None = None
+    """The weights training started from (``chgnet``: the pretrained model), when not
+    ``parent``, the model the new one was judged against."""
     metrics: dict[str, Any] | None = None
     parent_metrics: dict[str, Any] | None = None
     n_frames: dict[str, int] | None = None
