@@ -312,7 +312,7 @@ def test_active_learning_config_killed_and_resumed_with_gpaw(tmp_path, require_g
         assert [r["status"] for r in rounds] == ["completed", "completed"]
         assert set(rounds[1]["done"]) == done_before  # not validated twice
         assert kept <= {d["uuid"] for d in db.find_validated()}
-        assert rounds[0]["energy_model"]["model_id"]  # round 1 trained a MACE ensemble
+        assert rounds[0]["energy_model"]["model_id"]  # round 1 fine-tuned CHGNet
     report = tmp_path / "runs" / loop_id / "report" / "report.html"
     assert report.is_file() and "(rounds.png)" in report.read_text()
     assert elapsed < 3600, f"{elapsed / 60:.0f} min"
