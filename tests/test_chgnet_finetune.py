@@ -66,6 +66,9 @@ def test_a_changed_or_foreign_file_is_refused_in_one_line(finetuned, tmp_path):
     weights.write_bytes(weights_file(description).read_bytes() + b"\0")
     with pytest.raises(XtalloopError, match="sha256 differs"):
         load_finetuned(copy)
+    copy.write_text(json.dumps({**json.loads(description.read_text()), "weights": ""}))
+    with pytest.raises(XtalloopError, match=r"weights file \(none named\) not found"):
+        load_finetuned(copy)
     copy.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(XtalloopError, match="is not a fine-tuned CHGNet description"):
         load_finetuned(copy)

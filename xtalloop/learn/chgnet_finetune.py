@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 import time
@@ -211,9 +212,10 @@ def load_finetuned(description: str | Path, device: str = "cpu"):
             from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise XtalloopError(f"{path} is not a fine-tuned CHGNet description ({FORMAT})")
-    weights = path.with_name(Path(str(meta.get("weights", ""))).name)
-    if not weights.is_file():
-        raise XtalloopError(f"{path}: weights file {weights.name} not found")
+    name = Path(str(meta.get("weights") or "")).name  # beside the description, never elsewhere
+    weights = path.with_name(name) if name else None
+    if weights is None or not weights.is_file():
+        raise XtalloopError(f"{path}: weights file {name or '(none named)'} not found")
     data = weights.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
         raise XtalloopError(f"{weights}: sha256 differs from the one in {path.name}")
@@ -221,8 +223,6 @@ def load_finetuned(description: str | Path, device: str = "cpu"):
     if model.version != meta.get("parent_version"):
         raise XtalloopError(f"{path} was fine-tuned from CHGNet {meta.get('parent_version')}; "
                             f"this chgnet ships {model.version}")
-    import io
-
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
         model.load_state_dict(state)
