@@ -32,16 +32,17 @@ import io
 import json
 import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ase import Atoms
 
 from xtalloop.errors import XtalloopError
 from xtalloop.models.trust import add_files
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class ChgnetFinetuner:
             raise XtalloopError("CHGNet fine-tuning: no frame has a DFT energy")
         torch.manual_seed(seed)
         parent = _pretrained(self.device)
-        model = copy.deepcopy(parent)
+        model = copy.deepcopy(parent.module)
         offsets = _refit_offsets(model, parent, frames)
         for pname, param in model.named_parameters():
             param.requires_grad = any(pname.startswith(p) for p in self.trainable)
@@ -143,7 +144,7 @@ class ChgnetFinetuner:
         weights = weights_file(description)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
         description.write_text(json.dumps({
-            "format": FORMAT, "parent": "chgnet", "parent_version": parent.version,
+            "format": FORMAT, "parent": "chgnet", "parent_version": parent.module.version,
             "weights": weights.name,
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
             "settings": self.settings(), "seed": seed, "n_frames": len(frames),
@@ -162,21 +163,19 @@ class ChgnetFinetuner:
 
 
 def _pretrained(device: str):
-    from chgnet.model import CHGNet
+    """The pretrained CHGNet energy model, loaded once per process (copy its module to train)."""
+    from xtalloop.models.energy_model import load_energy_model
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return CHGNet.load(verbose=False, use_device=device)
+    return load_energy_model("chgnet", device)
 
 
 def _refit_offsets(model, parent, frames: list[Atoms]) -> dict[str, float]:
-    """Shift CHGNet's per-element reference energies by the least-squares residual offsets."""
+    """Shift ``model``'s per-element reference energies by the least-squares offsets of the
+    frames' energies from ``parent``'s (an energy model) predictions."""
     import torch
     from pymatgen.core import Element
 
-    from xtalloop.models.energy_model import CHGNetModel
-
-    predicted = CHGNetModel(model=parent).predict(frames)
+    predicted = parent.predict(frames)
     elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     counts = np.array([[a.get_chemical_symbols().count(e) for e in elements] for a in frames],
                       float)
@@ -219,7 +218,7 @@ def load_finetuned(description: str | Path, device: str = "cpu"):
     data = weights.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
         raise XtalloopError(f"{weights}: sha256 differs from the one in {path.name}")
-    model = _pretrained(device)
+    model = copy.deepcopy(_pretrained(device).module)
     if model.version != meta.get("parent_version"):
         raise XtalloopError(f"{path} was fine-tuned from CHGNet {meta.get('parent_version')}; "
                             f"this chgnet ships {model.version}")

@@ -113,6 +113,11 @@ class CHGNetModel(EnergyModel):
         self.version = version or f"chgnet {chgnet.__version__}, weights {model.version}"
         self.batch_size = batch_size
 
+    @property
+    def module(self) -> Any:
+        """The CHGNet torch module (shared: copy it before training)."""
+        return self._model
+
     def predict(self, atoms: list[Atoms]) -> list[Prediction]:
         """Evaluate all structures in batches of ``batch_size``."""
         from pymatgen.io.ase import AseAtomsAdaptor

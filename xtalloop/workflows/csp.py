@@ -126,10 +126,7 @@ def energy_model_training_maker(config: RunConfig, run: dict[str, Any], settings
         settings_key=settings_key,
         prefilter_model=config.prefilter.model,
         base_model=config.prefilter.base_model,
-        trainer=ChgnetFinetuner(
-            epochs=learning.chgnet.epochs, lr=learning.chgnet.lr,
-            batch_size=learning.chgnet.batch_size, forces_weight=learning.chgnet.forces_weight,
-            trainable=learning.chgnet.trainable, device=learning.device)
+        trainer=ChgnetFinetuner(**learning.chgnet.model_dump(), device=learning.device)
         if learning.architecture == "chgnet" else MaceTrainer(
             num_channels=learning.num_channels, max_L=learning.max_L, r_max=learning.r_max,
             epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,

@@ -110,7 +110,9 @@ class EnergyModelTrainingMaker(Maker):
         parent_spec, parent_id = resolve_model(self.prefilter_model, self.base_model, self.store)
         parent = load_energy_model(parent_spec)
         elements = elements_of(train)
-        if isinstance(self.trainer, ChgnetFinetuner):  # always from the pretrained weights
+        chgnet = isinstance(self.trainer, ChgnetFinetuner)
+        members = 1 if chgnet else self.ensemble_size
+        if chgnet:  # always from the pretrained weights, on all the DFT data
             ensemble = Path.cwd() / "energy_model"
             self.trainer.train(train, ensemble, seed=self.seed)
             fine_tuned = True
@@ -125,7 +127,6 @@ class EnergyModelTrainingMaker(Maker):
                 parents=foundation)
             fine_tuned = bool(foundation)
         child = load_energy_model(str(ensemble))
-        chgnet = isinstance(self.trainer, ChgnetFinetuner)
         metrics = evaluate(child, holdout, align_on=train)
         parent_metrics = evaluate(parent, holdout, align_on=train)
         promoted, reason = should_promote(metrics, parent_metrics)
@@ -139,8 +140,7 @@ class EnergyModelTrainingMaker(Maker):
                 n_frames={"train": len(train), "holdout": len(holdout)},
                 elements=sorted(elements),
                 trainer=self.trainer.settings(),
-                ensemble_size=1 if chgnet else self.ensemble_size,
-                seeds=[self.seed + i for i in range(1 if chgnet else self.ensemble_size)],
+                ensemble_size=members, seeds=[self.seed + i for i in range(members)],
                 run=self.run)
         logger.info("energy model %s: %s", model_id, reason)
         return EnergyModelTraining(
