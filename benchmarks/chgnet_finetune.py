@@ -29,10 +29,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+ALL = ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers")
+#: ChgnetFinetuner settings of each variant (which layers train; replay)
+NO_REPLAY = {"replay_neighbours": 0, "replay_library": 0}
 VARIANTS = {
-    "mlp": ("mlp",),
-    "mlp+conv3": ("mlp", "atom_conv_layers.3"),
-    "all conv": ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers"),
+    "mlp": {"trainable": ("mlp",), **NO_REPLAY},
+    "mlp+conv3": {"trainable": ("mlp", "atom_conv_layers.3"), **NO_REPLAY},
+    "all conv": {"trainable": ALL, **NO_REPLAY},
+    "all conv+replay": {"trainable": ALL, "replay_neighbours": 4, "replay_library": 60},
+    "all conv+replay lib": {"trainable": ALL, "replay_neighbours": 0, "replay_library": 100},
+    "all conv+replay w0.3": {"trainable": ALL, "replay_neighbours": 4, "replay_library": 60,
+                             "replay_weight": 0.3},
 }
 KEYS = ("energy_mae", "force_mae", "stress_mae", "precision", "recall", "f1")
 
@@ -92,7 +99,7 @@ def main() -> None:
                      **{k: parent.get(k) for k in KEYS}})
         for variant in variants:
             for seed in seeds:
-                tuner = ChgnetFinetuner(epochs=args.epochs, trainable=VARIANTS[variant])
+                tuner = ChgnetFinetuner(epochs=args.epochs, **VARIANTS[variant])
                 start = time.perf_counter()
                 folder = args.models / f"{variant}-n{n}-{seed}".replace(" ", "_")
                 description = tuner.train(subset, folder, seed=seed)

@@ -21,7 +21,7 @@ from xtalloop.models.trust import is_trusted
 from xtalloop.runner import execute
 from xtalloop.store.results import open_results
 
-TINY = ChgnetFinetuner(epochs=3, batch_size=4)
+TINY = ChgnetFinetuner(epochs=3, batch_size=4, replay_neighbours=0, replay_library=0)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,8 @@ def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch
     config = learning_config(tmp_path)
     learn = config.learn.model_copy(update={"energy_model": config.learn.energy_model.model_copy(
         update={"architecture": "chgnet",
-                "chgnet": config.learn.energy_model.chgnet.model_copy(update={"epochs": 3})})})
+                "chgnet": config.learn.energy_model.chgnet.model_copy(update={
+                    "epochs": 3, "replay_neighbours": 1, "replay_library": 2})})})
     config = config.model_copy(update={"learn": learn})
     maker = EmtRelaxAsDftMaker(steps=60, relax_kwargs={"fmax": 0.05})
 
@@ -115,6 +116,7 @@ def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch
         record = ModelRegistry(db).get("chgnet-1")
     assert record["kind"] == "chgnet" and len(record["files"]) == 2
     assert record["trainer"]["kind"] == "chgnet" and record["ensemble_size"] == 1
+    assert record["trainer"]["replay_library"] == 2  # the config's section reaches the trainer
     listing = CliRunner().invoke(app, ["model", "list", "--store", config.store.path])
     assert listing.exit_code == 0 and "chgnet-1" in listing.output
     if not learned["promoted"]:  # the scientist overrides the automatic decision
@@ -133,3 +135,43 @@ def test_the_loop_fine_tunes_chgnet_registers_it_and_uses_it(tmp_path, one_torch
     assert (tuned["model_id"], tuned["parent"], tuned["base"]) == ("chgnet-2", "chgnet-1", "chgnet")
     # trained from the pretrained weights on all DFT data, judged against chgnet-1
     assert "fine-tuned from chgnet; parent chgnet-1" in learning_line(tuned)
+
+
+def test_replay_structures_are_reproducible_rattled_and_of_the_training_chemistry():
+    from xtalloop.learn.replay import replay_structures
+
+    first = replay_structures(["Cu3Au", "CuAu", "Cu"], per_composition=2, library=3, seed=4,
+                              max_atoms=12)
+    again = replay_structures(["Cu3Au", "CuAu", "Cu"], per_composition=2, library=3, seed=4,
+                              max_atoms=12)
+    other = replay_structures(["Cu3Au", "CuAu", "Cu"], per_composition=2, library=3, seed=5,
+                              max_atoms=12)
+    kinds = [a.info["replay"] for a in first]
+    assert kinds.count("library") == 3 and 1 <= kinds.count("neighbour") <= 4
+    assert all(len(a) <= 12 for a in first)
+    for a in first:  # neighbours: AFLOW prototypes dressed with the composition's elements
+        if a.info["replay"] == "neighbour":
+            assert set(a.get_chemical_symbols()) == {"Cu", "Au"}
+    assert [a.get_chemical_formula() for a in first] == [a.get_chemical_formula() for a in again]
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(first, again, strict=True))
+    assert not all(len(a) == len(b) and np.allclose(a.positions, b.positions)
+                   for a, b in zip(first, other, strict=False))
+
+
+def test_replay_labels_are_the_parents_on_the_fine_tuned_energy_scale(finetuned, tmp_path):
+    frames, _ = finetuned
+    parent = load_energy_model("chgnet")
+    tuner = ChgnetFinetuner(epochs=1, batch_size=8, replay_neighbours=2, replay_library=2)
+    offsets = {"Cu": 0.5, "Au": -1.0}
+    replay = tuner._replay(frames, parent, offsets, seed=0)
+    assert replay
+    predicted = parent.predict(replay)
+    for atoms, pred in zip(replay, predicted, strict=True):
+        symbols = atoms.get_chemical_symbols()
+        shift = 0.5 * symbols.count("Cu") - 1.0 * symbols.count("Au")
+        assert atoms.get_potential_energy() == pytest.approx(pred.energy + shift, abs=1e-4)
+        assert np.allclose(atoms.get_forces(), pred.forces, atol=1e-4)
+    description = tuner.train(frames, tmp_path, seed=0)
+    meta = json.loads(description.read_text())
+    assert meta["n_frames"] == len(frames) and meta["n_replay"] == len(replay)
+    assert meta["settings"]["replay_library"] == 2

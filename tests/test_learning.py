@@ -167,6 +167,14 @@ def test_promotion_needs_held_out_data_and_a_lower_error():
     assert not should_promote({"n_frames": 5, "energy_mae": 30.0}, {"energy_mae": 20.0})[0]
     assert not should_promote({"n_frames": 0}, {"energy_mae": 20.0})[0]
     assert should_promote({"n_frames": 5, "energy_mae": 30.0}, {})[0]
+    # energies better, hull decision worse: the parent stays; equal or undefined F1: promoted
+    worse = should_promote({"n_frames": 5, "energy_mae": 10.0, "f1": 0.8},
+                           {"energy_mae": 20.0, "f1": 0.9})
+    assert not worse[0] and "hull F1 0.800 < parent's 0.900" in worse[1]
+    assert should_promote({"n_frames": 5, "energy_mae": 10.0, "f1": 0.9},
+                          {"energy_mae": 20.0, "f1": 0.9})[0]
+    assert should_promote({"n_frames": 5, "energy_mae": 10.0, "f1": None},
+                          {"energy_mae": 20.0, "f1": 0.9})[0]
 
 
 def test_holdout_is_fixed_per_structure_and_references_always_train():

@@ -116,6 +116,11 @@ class ChgnetFinetuning(_Section):
     trainable: tuple[str, ...] = Field(
         ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers"), min_length=1,
         description="parameter-name prefixes trained (the embeddings stay frozen)")
+    replay_neighbours: int = Field(4, ge=0, description="parent-labelled AFLOW prototypes "
+                                   "per training composition mixed in (xtalloop.learn.replay)")
+    replay_library: int = Field(60, ge=0, description="parent-labelled AFLOW library "
+                                "structures mixed in")
+    replay_weight: float = Field(1.0, ge=0, description="loss weight of a replay structure")
 
 
 class EnergyModelLearning(_Section):
@@ -132,7 +137,8 @@ class EnergyModelLearning(_Section):
     elements) the ensemble trains from scratch. The new model is tested
     against the parent on held-out structures (a fixed ``holdout_fraction``
     of them, by a hash of their ids) and promoted only if its energy error is
-    lower; ``prefilter: {model: registry}`` then uses it in the next run.
+    lower and its hull F1 no lower; ``prefilter: {model: registry}`` then uses
+    it in the next run.
     """
 
     enabled: bool = False
@@ -313,7 +319,8 @@ class RunConfig(_Section):
                 raise ValueError(f"loop: targets[{j}]: {target} is not one of the compositions")
 
     def redacted_dump(self) -> dict[str, Any]:
-        """``model_dump(mode="json")`` safe to store, log or print (see :meth:`StoreConfig.redacted_dump`)."""
+        """``model_dump(mode="json")`` safe to store, log or print
+        (see :meth:`StoreConfig.redacted_dump`)."""
         return {**self.model_dump(mode="json"), "store": self.store.redacted_dump()}
 
     def parsed_compositions(self):

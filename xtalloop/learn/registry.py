@@ -9,7 +9,8 @@ GridFS on MongoDB, a files folder embedded), recorded by name, sha256 and
 size, so a model travels with the store to wherever the next prefilter job
 runs; :meth:`ModelRegistry.fetch` writes them back to a local cache folder,
 checking their sha256. Registries written before kept base64 chunks in a
-``model_files`` collection: those are still read (:meth:`ModelRegistry.stored_files`). Only xtalloop's native model format is
+``model_files`` collection: those are still read
+(:meth:`ModelRegistry.stored_files`). Only xtalloop's native model format is
 stored (loading it runs no code from the files), and a machine uses a stored
 model only if its digests are on its own trust list
 (:mod:`xtalloop.models.trust`).
@@ -244,19 +245,28 @@ class ModelRegistry:
 def should_promote(metrics: dict[str, Any], parent_metrics: dict[str, Any]) -> tuple[bool, str]:
     """Whether a new model replaces its parent, and why.
 
-    The new model must have been tested on held-out DFT data, and its energy
+    The new model must have been tested on held-out DFT data, its energy
     error there (after per-element alignment) must be lower than the parent's
-    on the same frames; a parent without metrics (nothing held out when it
-    was trained) loses to any tested model.
+    on the same frames, and its hull decision (F1 of "stable within
+    0.1 eV/atom") no worse, where both have one: a model that fits energies
+    better but calls stable structures unstable would pick worse. A parent
+    without metrics (nothing held out when it was trained) loses to any
+    tested model.
     """
     if not metrics.get("n_frames"):
         return False, "no held-out DFT data to test the new model on"
     new, old = metrics.get("energy_mae"), parent_metrics.get("energy_mae")
     if old is None:
         return True, "the parent could not be tested"
-    if new < old:
-        return True, f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom"
-    return False, f"energy MAE {new:.1f} >= parent's {old:.1f} meV/atom: the parent stays"
+    if new >= old:
+        return False, f"energy MAE {new:.1f} >= parent's {old:.1f} meV/atom: the parent stays"
+    f1, parent_f1 = metrics.get("f1"), parent_metrics.get("f1")
+    if f1 is not None and parent_f1 is not None and f1 < parent_f1:
+        return False, (f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom but hull F1 "
+                       f"{f1:.3f} < parent's {parent_f1:.3f}: the parent stays")
+    also = f", hull F1 {f1:.3f} >= {parent_f1:.3f}" if f1 is not None and parent_f1 is not None \
+        else ""
+    return True, f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom{also}"
 
 
 def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None,

@@ -27,7 +27,8 @@ class EnergyModelTrainingMaker(Maker):
     parent knowing all elements of the data is fine-tuned; any other parent
     is replaced by models trained from scratch. Both are tested on the same
     held-out structures; the new model is promoted only if its energy error
-    is lower (:func:`~xtalloop.learn.registry.should_promote`).
+    is lower and its hull F1 no lower
+    (:func:`~xtalloop.learn.registry.should_promote`).
 
     Parameters
     ----------
