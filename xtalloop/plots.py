@@ -274,6 +274,8 @@ def plot_model_history(models: list[dict[str, Any]], path: str | Path) -> Path:
     path
         PNG file to write.
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
     for ax, key, label in ((left, "energy_mae", "held-out energy MAE (meV/atom)"),
@@ -288,7 +290,8 @@ def plot_model_history(models: list[dict[str, Any]], path: str | Path) -> Path:
             if v is not None:
                 ax.annotate(m["model_id"] + ("*" if m.get("promoted") else ""), (x, v),
                             textcoords="offset points", xytext=(3, 4), fontsize=7)
-        ax.set_xlabel("DFT structures in training")
+        ax.set_xlabel("DFT structures in training (besides elemental references)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts, not 3.25
         ax.set_ylabel(label)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Energy models trained by the loop (* promoted)")
