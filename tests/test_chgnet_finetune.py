@@ -163,8 +163,8 @@ def test_replay_labels_are_the_parents_on_the_fine_tuned_energy_scale(finetuned,
     parent = load_energy_model("chgnet")
     tuner = ChgnetFinetuner(epochs=1, batch_size=8, replay_neighbours=2, replay_library=2)
     offsets = {"Cu": 0.5, "Au": -1.0}
-    replay = tuner._replay(frames, parent, offsets, seed=0)
-    assert replay
+    replay, graphs = tuner._replay(frames, parent, offsets, seed=0)
+    assert replay and len(graphs) == len(replay)
     predicted = parent.predict(replay)
     for atoms, pred in zip(replay, predicted, strict=True):
         symbols = atoms.get_chemical_symbols()

@@ -127,9 +127,9 @@ class ChgnetFinetuner:
         for pname, param in model.named_parameters():
             param.requires_grad = any(pname.startswith(p) for p in self.trainable)
         params = [p for p in model.parameters() if p.requires_grad]
-        replay = self._replay(frames, parent, offsets, seed)
+        replay, replay_graphs = self._replay(frames, parent, offsets, seed)
         data = [(a, 1.0) for a in frames] + [(a, self.replay_weight) for a in replay]
-        graphs = [model.graph_converter(_structure(a)) for a, _ in data]
+        graphs = [model.graph_converter(_structure(a)) for a in frames] + replay_graphs
         energy = torch.tensor([a.get_potential_energy() / len(a) for a, _ in data])
         forces = [torch.tensor(a.get_forces(), dtype=torch.float32) for a, _ in data]
         weight = torch.tensor([w for _, w in data])
@@ -181,34 +181,35 @@ class ChgnetFinetuner:
         return description
 
     def _replay(self, frames: list[Atoms], parent, offsets: dict[str, float],
-                seed: int) -> list[Atoms]:
-        """Replay structures labelled by ``parent`` on the fine-tuned energy scale: the
-        parent's energy plus the refit offsets of their elements, the parent's forces.
-        Structures the model cannot make a graph of (an isolated atom) or with an element
-        it does not know are left out."""
+                seed: int) -> tuple[list[Atoms], list[Any]]:
+        """Replay structures labelled by ``parent`` on the fine-tuned energy scale (the
+        parent's energy plus the refit offsets of their elements, the parent's forces),
+        with their CHGNet graphs. Structures the model cannot make a graph of (an
+        isolated atom) or with an element it does not know are left out."""
         from ase.calculators.singlepoint import SinglePointCalculator
 
         from xtalloop.learn.replay import replay_structures
 
         if not (self.replay_neighbours or self.replay_library):
-            return []
+            return [], []
         replay = replay_structures([a.get_chemical_formula() for a in frames],
                                    self.replay_neighbours, self.replay_library, seed)
         known = parent.module.composition_model.fc.weight.shape[1]  # elements 1..known
-        kept = []
+        kept, graphs = [], []
         for atoms in replay:
             if int(atoms.numbers.max()) > known:
                 continue  # an element past CHGNet's table (AFLOW's Cf prototypes)
             try:
-                parent.module.graph_converter(_structure(atoms))
+                graph = parent.module.graph_converter(_structure(atoms))
             except Exception:  # CHGNet refuses a structure with an isolated atom
                 continue
             kept.append(atoms)
+            graphs.append(graph)
         for atoms, pred in zip(kept, parent.predict(kept), strict=True):
             shift = sum(offsets.get(s, 0.0) for s in atoms.get_chemical_symbols())
             atoms.calc = SinglePointCalculator(atoms, energy=pred.energy + shift,
                                                forces=pred.forces)
-        return kept
+        return kept, graphs
 
     def settings(self) -> dict[str, Any]:
         """The settings as a plain dict, for the model registry."""

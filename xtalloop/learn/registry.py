@@ -261,12 +261,13 @@ def should_promote(metrics: dict[str, Any], parent_metrics: dict[str, Any]) -> t
     if new >= old:
         return False, f"energy MAE {new:.1f} >= parent's {old:.1f} meV/atom: the parent stays"
     f1, parent_f1 = metrics.get("f1"), parent_metrics.get("f1")
-    if f1 is not None and parent_f1 is not None and f1 < parent_f1:
+    if f1 is None or parent_f1 is None:  # no stable/unstable call to compare
+        return True, f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom"
+    if f1 < parent_f1:
         return False, (f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom but hull F1 "
                        f"{f1:.3f} < parent's {parent_f1:.3f}: the parent stays")
-    also = f", hull F1 {f1:.3f} >= {parent_f1:.3f}" if f1 is not None and parent_f1 is not None \
-        else ""
-    return True, f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom{also}"
+    return True, (f"energy MAE {new:.1f} < parent's {old:.1f} meV/atom, "
+                  f"hull F1 {f1:.3f} >= {parent_f1:.3f}")
 
 
 def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None,

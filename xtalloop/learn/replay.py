@@ -20,7 +20,8 @@ Two kinds of replay structure, both built from data that ship with pymatgen
   the periodic table.
 
 Every structure is rattled (Gaussian displacements) and strained slightly,
-so the parent's forces and stresses carry information, not only zeros.
+so the parent's forces carry information, not only zeros (fine-tuning fits
+energies and forces; it fits no stress).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ def replay_structures(compositions: Iterable[str], per_composition: int, library
     from pymatgen.core import Composition
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from xtalloop.generators.prototype_library import aflow_table
     from xtalloop.generators.prototype_substitution import PrototypeSubstitutionGenerator
 
     structures = []
@@ -82,13 +82,13 @@ def replay_structures(compositions: Iterable[str], per_composition: int, library
             for cand in generator.generate(Composition(formula), per_composition, seed):
                 structures.append((cand.structure, "neighbour"))
     if library > 0:
-        from pymatgen.core import Structure
+        from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY
 
-        table = aflow_table()
-        table = table[table["nsites"] <= max_atoms].reset_index(drop=True)
+        table = [e["snl"].structure for e in AFLOW_PROTOTYPE_LIBRARY]
+        table = [s for s in table if len(s) <= max_atoms]
         rng = np.random.default_rng(seed)
         for i in rng.permutation(len(table))[:library]:
-            structures.append((Structure.from_str(table["cif"][i], fmt="cif"), "library"))
+            structures.append((table[i].copy(), "library"))
     rng = np.random.default_rng(seed + 1)
     out = []
     for structure, kind in structures:
