@@ -73,6 +73,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--validator-steps", type=int, default=300)
     parser.add_argument("--energy-epochs", type=int, default=30,
                         help="energy-model training epochs per round (arms b, d)")
+    parser.add_argument("--energy-frames", type=int, default=8,
+                        help="frames per validator relaxation the energy model trains on")
+    parser.add_argument("--energy-replay", type=int, default=4,
+                        help="CHGNet fine-tuning replay: AFLOW prototypes per training "
+                             "composition")
     parser.add_argument("--energy-architecture", choices=("chgnet", "mace"), default="chgnet",
                         help="what arms b, d train: chgnet fine-tunes the pretrained "
                              "prefilter (needs --prefilter chgnet), mace trains MACE")
@@ -126,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_atoms=args.max_atoms, prefilter=args.prefilter, validator=args.validator,
             prefilter_steps=args.prefilter_steps, validator_steps=args.validator_steps,
             energy_epochs=args.energy_epochs, generator_epochs=args.generator_epochs,
-            energy_architecture=args.energy_architecture)
+            energy_architecture=args.energy_architecture, energy_frames=args.energy_frames,
+            energy_replay_neighbours=args.energy_replay)
 
         def usable(elements: set[str]) -> set[str]:  # both models must know every element
             return model_elements(args.validator)(model_elements(args.prefilter)(elements))

@@ -47,7 +47,8 @@ ARM_NAMES: dict[str, str] = {"a": "nothing learns", "b": "energy model learns",
 #: Arity groups of the schedule, in order; "5+" covers 5 to 9 distinct elements.
 STAGES: dict[str, tuple[int, ...]] = {"2": (2,), "3": (3,), "4": (4,), "5+": (5, 6, 7, 8, 9)}
 #: What a campaign saved before a setting existed did instead (resumed as that).
-BEFORE_SETTING: dict[str, Any] = {"energy_architecture": "mace"}
+BEFORE_SETTING: dict[str, Any] = {"energy_architecture": "mace", "energy_frames": 8,
+                                  "energy_replay_neighbours": 4}
 DEFAULT_DATA: tuple[str, ...] = ("../shared/data/mp_20/val.csv.gz",
                                  "../shared/data/mpts_52/val.csv.gz")
 
@@ -84,6 +85,12 @@ class CampaignSettings:
         FIRE step limits of the two relaxations.
     energy_epochs, generator_epochs
         Training epochs of the learning arms per round.
+    energy_frames
+        Frames per validator relaxation the energy model trains on (first and
+        last at 2): training time grows with them, round after round.
+    energy_replay_neighbours
+        Parent-labelled AFLOW prototypes per training composition in CHGNet
+        fine-tuning (``learn.energy_model.chgnet.replay_neighbours``).
     energy_architecture
         What the energy-learning arms train (``learn.energy_model.architecture``):
         ``chgnet`` fine-tunes the pretrained prefilter, ``mace`` trains MACE.
@@ -110,6 +117,8 @@ class CampaignSettings:
     validator_steps: int = 300
     energy_epochs: int = 30
     energy_architecture: str = "chgnet"
+    energy_frames: int = 8
+    energy_replay_neighbours: int = 4
     generator_epochs: int = 5
     stable_within: float = 0.1
     energy_tolerance: float = 0.0
@@ -228,8 +237,11 @@ def arm_config(settings: CampaignSettings, arm: str, formulas: Sequence[str],
         "learn": {
             "energy_model": {"enabled": energy, "ensemble_size": 1,
                              "epochs": settings.energy_epochs, "seed": settings.seed,
+                             "max_frames_per_relaxation": settings.energy_frames,
                              **({"architecture": settings.energy_architecture,
-                                 "chgnet": {"epochs": settings.energy_epochs}}
+                                 "chgnet": {"epochs": settings.energy_epochs,
+                                            "replay_neighbours":
+                                                settings.energy_replay_neighbours}}
                                 if energy else {})},
             "generator": {"enabled": generator, "epochs": settings.generator_epochs,
                           "stable_within": settings.stable_within, "seed": settings.seed},
