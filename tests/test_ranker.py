@@ -172,3 +172,20 @@ def test_gallium_reference_is_alpha_gallium():
 
     reference = MLRanker(model="chgnet", progress=False).reference_phases(["Ga"])[0]
     assert SpacegroupAnalyzer(reference.structure, symprec=0.05).get_space_group_number() == 64
+
+
+def test_reference_phases_are_relaxed_once_per_process_model_and_settings(monkeypatch):
+    # a loop builds a ranker per composition: the second one must not relax Cu again
+    import xtalloop.rankers.ml_ranker as ml_ranker
+
+    first = MLRanker(model="emt", steps=40, progress=False).reference_phases(["Cu"])[0]
+
+    class Refuse:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("relaxed again")
+
+    monkeypatch.setattr(ml_ranker, "BatchRelaxer", Refuse)
+    again = MLRanker(model="emt", steps=40, progress=False).reference_phases(["Cu"])[0]
+    assert again is first
+    with pytest.raises(AssertionError, match="relaxed again"):  # other settings: relaxed
+        MLRanker(model="emt", steps=41, progress=False).reference_phases(["Cu"])

@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 REFERENCE_TIE = 0.002
 """eV/atom within which the reference with the fewest atoms is taken over the lowest."""
 
+#: Elemental reference phases relaxed in this process, by (model version, element,
+#: (fmax, steps, symprec)); see :meth:`MLRanker.reference_phases`.
+_REFERENCES: dict[tuple[str, str, tuple[float, int, float]], ReferencePhase] = {}
+
 
 @dataclass
 class RankedCandidate(MSONable):
@@ -127,9 +131,6 @@ class MLRanker:
     rerank_model: str | None = None
     rerank_top: int = 8
     progress: bool = True
-    _references: dict[tuple[str, str], ReferencePhase] = field(
-        default_factory=dict, repr=False
-    )
     _reranker: MLRanker | None = field(default=None, repr=False)
 
     @property
@@ -213,7 +214,7 @@ class MLRanker:
         """Rank the ``rerank_top`` best ``screened`` structures again with ``rerank_model``."""
         if self._reranker is None:  # the same settings, the second model, its own references
             self._reranker = replace(self, model=self.rerank_model, rerank_model=None,
-                                     _references={}, _reranker=None)
+                                     _reranker=None)
         again = [Candidate(structure=structure, generator=c.generator, seed=c.seed,
                            index=c.index, metadata={**c.metadata,
                                                     "screening_energy_per_atom": energy})
@@ -226,9 +227,16 @@ class MLRanker:
         return ranking
 
     def reference_phases(self, elements: list[str]) -> list[ReferencePhase]:
-        """Lowest-energy elemental phases under this model (cached per ranker)."""
+        """Lowest-energy elemental phases under this model.
+
+        Cached for the process under the model's version (which names a trained
+        model's weights by their hash) and the relaxation settings: a loop makes a
+        ranker per composition, and without the cache every quinary's prefilter
+        relaxed the reference starts of its five elements again.
+        """
         model = self.energy_model
-        missing = [el for el in elements if (model.version, el) not in self._references]
+        settings = (self.fmax, self.steps, self.symprec)
+        missing = [el for el in elements if (model.version, el, settings) not in _REFERENCES]
         for element in missing:
             prototypes = elemental_prototypes(element)
             molecular = is_molecular(prototypes[0])
@@ -252,10 +260,10 @@ class MLRanker:
                 # DFT gets the symmetrised cell, as it does for the picks: GPAW's symmetry
                 # analysis fails on a cell a relaxation left 1e-6 off (fcc Na under DIEP)
                 structure = symmetrized_primitive(structure, self.symprec)[0]
-            self._references[(model.version, element)] = ReferencePhase(
+            _REFERENCES[(model.version, element, settings)] = ReferencePhase(
                 element=element,
                 structure=structure,
                 energy_per_atom=best.energy / len(best.atoms),
                 molecular=molecular,
             )
-        return [self._references[(model.version, el)] for el in elements]
+        return [_REFERENCES[(model.version, el, settings)] for el in elements]
