@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("xtalloop.benchmark", "xtalloop.workflows.loop"):  # progress lines
+    # progress lines: one per arm, round and validated composition
+    for name in ("xtalloop.benchmark", "xtalloop.workflows.loop", "xtalloop.workflows.validate"):
         logging.getLogger(name).setLevel(logging.INFO)
     started = time.monotonic()
     try:

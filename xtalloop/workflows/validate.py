@@ -271,9 +271,14 @@ def record_validation(
     new_failures = [f for f in failed if "replaced_by" not in f]
     if not reserves or not new_failures:
         output = CompositionValidation(**result)
+        done = None
         if run.get("id"):
             with open_results(StoreConfig(**store)) as db:
                 db.save_composition_result(run["id"], output.model_dump(mode="json"))
+                done = len(db.composition_results(run["id"]))
+        # progress of a long round (a loop's log shows one line per composition)
+        logger.info("%s: %d validated, %d failed%s", formula, len(summaries), len(failed),
+                    f" ({done} compositions done in {run['id']})" if done else "")
         return output
     replacements = reserves[:len(new_failures)]
     for failure, replacement in zip(new_failures, replacements, strict=False):
