@@ -162,6 +162,18 @@ def test_registry_model_is_used_only_for_elements_it_was_trained_on(store_config
     assert resolve_model("registry", "chgnet", store, ["Au", "Ag"]) == ("chgnet", None)
 
 
+def test_a_fine_tuned_chgnet_with_replay_serves_every_element_a_mace_model_only_its_own():
+    from xtalloop.learn.registry import serves
+
+    mace = {"kind": "mace", "elements": ["Au", "Cu"], "trainer": {}}
+    replayed = {"kind": "chgnet", "elements": ["Au", "Cu"],
+                "trainer": {"replay_neighbours": 4, "replay_library": 60}}
+    no_replay = {**replayed, "trainer": {"replay_neighbours": 0, "replay_library": 0}}
+    assert serves(mace, ["Cu", "Au"]) and not serves(mace, ["Ag", "Au"])
+    assert serves(replayed, ["Ag", "Au"]) and serves(replayed, ["Ba", "Sr", "Eu", "Bi", "O"])
+    assert not serves(no_replay, ["Ag", "Au"]) and serves(no_replay, ["Au"])
+
+
 def test_promotion_needs_held_out_data_and_a_lower_error():
     assert should_promote({"n_frames": 5, "energy_mae": 10.0}, {"energy_mae": 20.0})[0]
     assert not should_promote({"n_frames": 5, "energy_mae": 30.0}, {"energy_mae": 20.0})[0]

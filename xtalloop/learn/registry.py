@@ -277,7 +277,7 @@ def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None,
     ``"registry"`` becomes the folder of the newest promoted model (fetched
     from ``store``, a dumped :class:`~xtalloop.config.StoreConfig`), or
     ``base_model`` while the registry has none or while the promoted model
-    was not trained on every one of ``elements``; any other spec is returned
+    does not serve every one of ``elements`` (:func:`serves`); any other spec is returned
     as is with no registry id.
     """
     if spec != REGISTRY_SPEC:
@@ -292,6 +292,25 @@ def resolve_model(spec: str, base_model: str, store: dict[str, Any] | None,
         doc = registry.promoted()
         if doc is None:
             return base_model, None
-        if elements and doc.get("elements") and not set(elements) <= set(doc["elements"]):
+        if elements and not serves(doc, elements):
             return base_model, None  # e.g. a quaternary with an element no round has seen
         return str(registry.fetch(doc["model_id"])), doc["model_id"]
+
+
+def serves(doc: dict[str, Any], elements: list[str]) -> bool:
+    """Whether the registry model ``doc`` may prefilter a composition of ``elements``.
+
+    A model trained from scratch (MACE) knows only the elements of its
+    training data. CHGNet fine-tuned with replay keeps the pretrained model's
+    periodic table: replay holds it to its parent on structures of other
+    elements (benchmarks/README.md, "Replay"), and an element it never saw in
+    DFT keeps the parent's reference energy, which cancels in energies above
+    the hull (the references are relaxed with the same model). Without replay,
+    a fine-tuned CHGNet drifted on other elements, so it is limited as MACE is.
+    """
+    trained = doc.get("elements")
+    if not trained or set(elements) <= set(trained):
+        return True
+    trainer = doc.get("trainer") or {}
+    return doc.get("kind") == "chgnet" and bool(
+        trainer.get("replay_neighbours") or trainer.get("replay_library"))
