@@ -217,6 +217,12 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     with pytest.raises(ConfigError, match="other settings .*budget"):
         run_campaign(CampaignSettings(**{**vars(settings), "budget": 3}), ["a"],
                      tmp_path / "work")
+    # the same tables by another path (another checkout's ../shared): the same campaign
+    elsewhere = tuple(str(Path(p).parent / ".." / Path(p).parent.name / Path(p).name)
+                      for p in settings.data)
+    moved = CampaignSettings(**{**vars(settings), "data": elsewhere})
+    assert run_campaign(moved, ["a"], tmp_path / "work", score_only=True)["arms"]["a"][
+        "rounds"] == result["arms"]["a"]["rounds"]
     # a campaign saved before a setting existed resumes as what it did then
     saved = tmp_path / "work" / "targets.json"
     before = json.loads(saved.read_text())

@@ -352,7 +352,8 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
     if saved.is_file():
         previous = json.loads(saved.read_text())
         was = {**BEFORE_SETTING, **previous["settings"]}
-        changed = sorted(k for k in chosen if was.get(k) != chosen[k])
+        changed = sorted(k for k in chosen if _comparable(k, was.get(k))
+                         != _comparable(k, chosen[k]))
         if changed:
             raise ConfigError(f"{out} holds a campaign with other settings "
                               f"({', '.join(changed)}): use another --out")
@@ -380,6 +381,18 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
         scored = score_arm(settings, out / arm, run["loop_id"], targets, known)
         results["arms"][arm] = {**run, **scored}
     return results
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A saved setting as compared on resume: paths resolved, so the same campaign
+    resumes from another checkout or working directory."""
+    import os
+
+    if key == "data" and value is not None:
+        return [os.path.realpath(p) for p in value]
+    if key == "checkpoint" and value:
+        return os.path.realpath(value)
+    return value
 
 
 def _slug(spec: str) -> str:
