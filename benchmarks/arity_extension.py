@@ -39,12 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
-from xtalloop.benchmark.arity import (  # noqa: E402
-    FinetuneSettings,
-    markdown_table,
-    run_arity_benchmark,
-    write_outputs,
-)
+from xtalloop.benchmark.arity import FinetuneSettings, run_arity_benchmark  # noqa: E402
+from xtalloop.benchmark.arity_report import markdown_table, write_outputs  # noqa: E402
 from xtalloop.benchmark.arity_wyckoff import run_wyckoff_arity_benchmark  # noqa: E402
 
 

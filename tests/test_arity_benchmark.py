@@ -12,13 +12,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt, zincblende
-from xtalloop.benchmark.arity import (
-    nested_subsets,
-    pick_eval_rows,
-    ranked_match_at_1,
-    rows_of_arity,
-    train_base,
-)
+from xtalloop.benchmark.arity import ranked_match_at_1, train_base
+from xtalloop.benchmark.arity_data import nested_subsets, pick_eval_rows, rows_of_arity
 from xtalloop.generators.diffusion import (
     DiffusionConfig,
     ModelConfig,

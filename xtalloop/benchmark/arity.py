@@ -17,7 +17,6 @@ import logging
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,13 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from xtalloop.benchmark.arity_data import (
+    nested_subsets,
+    pick_eval_rows,
+    row_ids,
+    rows_of_arity,
+    write_rows,
+)
 from xtalloop.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,105 +74,6 @@ class FinetuneSettings:
         if self.epochs is not None:
             return f"fixed {self.epochs} epochs"
         return f"fixed {self.minutes:g} minutes"
-
-
-# --- data ---------------------------------------------------------------------------
-
-
-def parse_cif(cif: str) -> Structure | None:
-    """Structure of a CIF text without oxidation states (``None`` if unreadable)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_str(str(cif), fmt="cif")
-    except Exception:  # the CIF parser raises many types on bad text
-        return None
-    structure.remove_oxidation_states()
-    return structure
-
-
-def rows_of_arity(
-    table: pd.DataFrame, arities: Sequence[int], max_atoms: int | None
-) -> pd.DataFrame:
-    """Rows whose structure has one of ``arities`` distinct elements and ≤ ``max_atoms`` atoms.
-
-    ``nsites`` and ``n_elements`` columns, where present, prune rows before the CIFs
-    are parsed; the decision is always made on the parsed structure. Unreadable and
-    disordered structures are dropped. The result has ``n_elements``, ``nsites`` and
-    ``formula`` (reduced) columns computed from the structures and keeps the
-    original row order.
-    """
-    frame = table
-    if max_atoms is not None and "nsites" in frame.columns:
-        frame = frame[pd.to_numeric(frame["nsites"], errors="coerce").fillna(0) <= max_atoms]
-    if "n_elements" in frame.columns:
-        frame = frame[pd.to_numeric(frame["n_elements"], errors="coerce").isin(list(arities))]
-    keep, n_el, n_sites, formulas = [], [], [], []
-    n_bad = 0
-    for position, cif in enumerate(frame["cif"]):
-        structure = parse_cif(cif)
-        if structure is None or not structure.is_ordered:
-            n_bad += 1
-            continue
-        arity = len(structure.composition.elements)
-        if arity not in arities or (max_atoms is not None and len(structure) > max_atoms):
-            continue
-        keep.append(position)
-        n_el.append(arity)
-        n_sites.append(len(structure))
-        formulas.append(structure.composition.reduced_formula)
-    if n_bad:
-        logger.warning("skipped %d unreadable or disordered structures", n_bad)
-    out = frame.iloc[keep].copy()
-    out["n_elements"] = n_el
-    out["nsites"] = n_sites
-    out["formula"] = formulas
-    return out
-
-
-def pick_eval_rows(rows: pd.DataFrame, arity: int, n: int, seed: int) -> pd.DataFrame:
-    """``n`` rows of ``arity`` elements with distinct reduced formulas, drawn with ``seed``.
-
-    Fewer are returned if fewer distinct formulas exist.
-    """
-    pool = rows[rows["n_elements"] == arity]
-    order = np.random.default_rng(seed).permutation(len(pool))
-    shuffled = pool.iloc[order].drop_duplicates("formula")
-    return shuffled.head(n)
-
-
-def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
-    """Seeded, nested index subsets of ``range(n)``: each is a prefix of one permutation.
-
-    A fraction ``f`` gets ``max(1, round(f * n))`` indices, so a smaller fraction's
-    subset lies inside every larger one's.
-
-    Raises
-    ------
-    ValueError
-        If a fraction is not in (0, 1] or ``n`` is zero.
-    """
-    if n < 1:
-        raise ValueError("no crystals to draw fine-tuning subsets from")
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad:
-        raise ValueError(f"fractions must lie in (0, 1], got {bad}")
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    return {float(f): sorted(order[: max(1, int(round(f * n)))]) for f in fractions}
-
-
-def row_ids(rows: pd.DataFrame) -> list[str]:
-    """``material_id`` of each row, or ``row-<index in the source table>`` without one."""
-    if "material_id" in rows.columns:
-        return [str(m) for m in rows["material_id"]]
-    return [f"row-{i}" for i in rows.index]
-
-
-def write_rows(rows: pd.DataFrame, path: Path) -> Path:
-    """Write rows (in their order) as a CSV that ``run_csp_benchmark`` reads whole."""
-    pd.DataFrame({"material_id": row_ids(rows), "cif": list(rows["cif"])}).to_csv(
-        path, index=False)
-    return path
 
 
 # --- models -------------------------------------------------------------------------
@@ -522,102 +429,3 @@ def _compact(result: dict[str, Any]) -> dict[str, Any]:
         for r in result["per_composition"]
     ]
     return out
-
-
-# --- output -------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """Match rates as a Markdown table: one row per model, one column per arity and k."""
-    ks = [str(k) for k in result["settings"]["ks"]]
-    n_eval = result["data"]["n_eval_per_arity"]
-    arities = list(n_eval)
-    ranked = result["settings"].get("prefilter")
-    header = ["model", "fine-tune crystals"]
-    for a in arities:
-        name = ARITY_NAMES.get(int(a), f"{a}-ary")
-        header += [f"{name} (n={n_eval[a]}) @{k}" for k in ks]
-        if ranked:
-            header.append(f"{name} {ranked}-ranked @1")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in result["models"]:
-        label = "base" if model["fraction"] == 0 else f"fine-tuned {100 * model['fraction']:g}%"
-        cells = [label, str(model["n_finetune"])]
-        for a in arities:
-            r = model["results"][a]
-            cells += [_pct(r["match_rate"][k]) for k in ks]
-            if ranked:
-                cells.append(_pct(r.get("ranked_match_rate", {}).get("1")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and ``match_rate.png`` to ``out_dir``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md",
-             "png": out_dir / "match_rate.png"}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-
-    s = result["settings"]
-    d = result["data"]
-    kind = s.get("generator", "diffusion")
-    sampler = (f"{s['n_steps']} sampler steps" if kind == "diffusion"
-               else f"sampling temperature {s.get('temperature', 1.0):g}")
-    text = [
-        f"# Arity extension: fine-tuning the {kind} model on quaternaries/quinaries",
-        "",
-        f"- base checkpoint: `{s['base_checkpoint']}` ({d['base_n_train']} training crystals, "
-        f"epoch {d['base_epoch']})",
-        f"- fine-tuning pool: {d['finetune_pool']} crystals of {s['arities']} elements with "
-        f"at most {s['max_atoms']} atoms from `{s['train_csv']}`; nested seeded subsets "
-        f"{d['finetune_sizes']}",
-        f"- fine-tuning budget: {s['finetune']['budget']} (batch size "
-        f"{s['finetune']['batch_size'] or 'parent'}, lr factor "
-        f"{s['finetune']['lr_factor'] or 'of the parent'})",
-        f"- evaluation: {d['n_eval_per_arity']} held-out compositions per arity from "
-        f"`{s['val_csv']}` (at most {s['max_atoms']} atoms, distinct formulas, seed "
-        f"{s['seed']}), {sampler}, StructureMatcher(stol=0.5, ltol=0.3, "
-        "angle_tol=10), no relaxation",
-        f"- total wall time: {result['timings']['total_s'] / 60:.1f} min",
-        "",
-        markdown_table(result),
-        "",
-    ]
-    paths["md"].write_text("\n".join(text))
-
-    figure = Figure(figsize=(6.5, 4))
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
-    x = [100 * m["fraction"] for m in result["models"]]
-    styles = ["-", "--", "-.", ":"]
-    top = 0.0
-    for colour, a in enumerate(d["n_eval_per_arity"]):
-        name = ARITY_NAMES.get(int(a), f"{a}-ary")
-        n = d["n_eval_per_arity"][a]
-        curves = [(f"k={k}", [m["results"][a]["match_rate"][str(k)] for m in result["models"]])
-                  for k in s["ks"]]
-        if s.get("prefilter"):
-            curves.append((f"ranked by {s['prefilter']}, k=1",
-                           [m["results"][a].get("ranked_match_rate", {}).get("1")
-                            for m in result["models"]]))
-        for i, (what, y) in enumerate(curves):
-            values = [np.nan if v is None else v for v in y]
-            top = max([top, *(v for v in values if np.isfinite(v))])
-            ax.plot(x, values, marker="o", ls=styles[i % len(styles)], color=f"C{colour}",
-                    label=f"{name} (n={n}), {what}")
-    ax.set_xlabel("fine-tuning set (% of train quaternaries+quinaries; 0 = base)")
-    ax.set_ylabel("match rate")
-    ax.set_ylim(0, min(1.0, max(0.1, 1.25 * top)))
-    ax.set_title(f"{kind.capitalize()} model: arity extension by fine-tuning")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(paths["png"], dpi=120)
-    return paths

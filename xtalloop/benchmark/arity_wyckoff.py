@@ -27,6 +27,8 @@ from xtalloop.benchmark.arity import (
     _compact,
     energy_ranker,
     evaluate_model,
+)
+from xtalloop.benchmark.arity_data import (
     nested_subsets,
     parse_cif,
     pick_eval_rows,
@@ -119,7 +121,7 @@ def run_wyckoff_arity_benchmark(
     -------
     dict
         The shape of the diffusion benchmark's result (so
-        :func:`~xtalloop.benchmark.arity.write_outputs` writes it), with
+        :func:`~xtalloop.benchmark.arity_report.write_outputs` writes it), with
         ``settings.generator = "wyckoff"`` and, per fine-tuned model, the
         held-out loss before and after and whether it improved.
     """

@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from xtalloop.benchmark.arity import rows_of_arity
+from xtalloop.benchmark.arity_data import rows_of_arity
 from xtalloop.benchmark.csp import arity_label
 from xtalloop.errors import ConfigError, DataError
 

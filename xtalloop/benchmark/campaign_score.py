@@ -80,7 +80,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def known_structure(target: dict[str, Any]) -> Structure:
     """The known structure of a target (its CIF, oxidation states removed)."""
-    from xtalloop.benchmark.arity import parse_cif
+    from xtalloop.benchmark.arity_data import parse_cif
 
     structure = parse_cif(target["cif"])
     if structure is None:
