@@ -124,14 +124,13 @@ class CHGNetModel(EnergyModel):
 
         if not atoms:
             return []
+        from xtalloop.models.chgnet_inference import predict_efs
+
         structures = [AseAtomsAdaptor.get_structure(a) for a in atoms]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = self._model.predict_structure(
-                structures, task="efs", batch_size=self.batch_size
-            )
-        if isinstance(raw, dict):
-            raw = [raw]
+            # CHGNet's own numbers with one backward pass (predict_structure takes two)
+            raw = predict_efs(self._model, structures, self.batch_size)
         out = []
         for structure, result in zip(structures, raw, strict=True):
             stress = np.asarray(result["s"], dtype=float) * GPa
