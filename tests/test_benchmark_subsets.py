@@ -5,7 +5,12 @@ from __future__ import annotations
 import pandas as pd
 from pymatgen.core import Lattice, Structure
 
-from xtalloop.benchmark.subsets import mark_template_coverage, no_template_markdown
+from xtalloop.benchmark.subsets import (
+    hull_markdown,
+    mark_hull_targets,
+    mark_template_coverage,
+    no_template_markdown,
+)
 
 
 def _record(formula: str, rms: list[float | None]) -> dict:
@@ -42,3 +47,29 @@ def test_cell_limit_decides_whether_a_template_counts(tmp_path):
     results = {"gen": {"per_composition": [_record("KBr", [0.1])], "ks": [1], "relaxed": False,
                        "n_compositions": 1}}
     assert mark_template_coverage(results, str(table), max_atoms=4) == 1
+
+
+def test_ranked_at_1_is_split_by_the_targets_energy_above_the_hull(tmp_path):
+    table = tmp_path / "val.csv"
+    pd.DataFrame({"material_id": ["on", "above"], "cif": ["", ""],
+                  "e_above_hull": [0.0, 0.03]}).to_csv(table, index=False)
+    records = [  # on the hull: the lowest candidate matches; above: a lower one does not
+        {**_record("on", [0.1, None]), "energy_per_atom": [-1.0, -0.5]},
+        {**_record("above", [None, 0.1]), "energy_per_atom": [-1.0, -0.9]},
+        {**_record("unknown", [0.1]), "energy_per_atom": [-1.0]},  # not in the table
+    ]
+    results = {"gen": {"per_composition": records, "ks": [1, 20], "relaxed": True,
+                       "n_compositions": 3}}
+    assert mark_hull_targets(results, str(table)) == 1
+    assert [r["target_e_above_hull"] for r in records] == [0.0, 0.03, None]
+    on, above = results["gen"]["on_hull"], results["gen"]["above_hull"]
+    assert (on["n"], on["ranked_match_rate"]["1"]) == (1, 1.0)
+    assert (above["n"], above["ranked_match_rate"]["1"], above["match_rate"]["20"]) == (
+        1, 0.0, 1.0)
+    assert "| gen | 100.0% | 100.0% | 100.0% | 0.0% |" in hull_markdown(results)
+    # a table without the column adds nothing
+    bare = tmp_path / "bare.csv"
+    pd.DataFrame({"material_id": ["on"], "cif": [""]}).to_csv(bare, index=False)
+    fresh = {"gen": {"per_composition": [_record("on", [0.1])], "ks": [1], "relaxed": True,
+                     "n_compositions": 1}}
+    assert mark_hull_targets(fresh, str(bare)) is None and hull_markdown(fresh) == ""

@@ -130,7 +130,7 @@ def emt_tables(folder: Path) -> Path:
     val = folder / "mp_20" / "val.csv"
     corrupt = {"cif": "garbage", "nsites": 2, "reduced_formula": "NaCl"}
     rows = shared_rows({"v-Cu": Structure(fcc(3.61), ["Cu"], [[0, 0, 0]]),
-                        "v-Ni3Al": l12("Ni", "Al", 3.57)})
+                        "v-Ni3Al": l12("Ni", "Al", 3.57)}).assign(e_above_hull=[0.0, 0.02])
     pd.concat([rows, pd.DataFrame([corrupt | {"material_id": "v-bad"}])]).to_csv(val)
     rows = shared_rows({"t-Fe": Structure(Lattice.cubic(2.87), ["Fe"], [[0, 0, 0]]),
                         "t-Ag": Structure(fcc(4.09), ["Ag"], [[0, 0, 0]]),
@@ -174,6 +174,10 @@ def test_defaults_and_ranked_at_1_with_emt(tmp_path):
     assert cu["energy_per_atom"][1] < cu["energy_per_atom"][0]
     assert summary["match_rate"] == {"1": 0.5, "2": 1.0}
     assert "| ranked@1 |" in result.stdout and "| 100.0% |" in result.stdout
+    # ranked@1 split by the target's energy above the hull (Cu on it, Ni3Al 20 meV above)
+    assert (summary["on_hull"]["n"], summary["above_hull"]["n"]) == (1, 1)
+    assert summary["on_hull"]["ranked_match_rate"] == {"1": 1.0}
+    assert "Targets on the hull (≤ 1 meV/atom above it in the table, n=1)" in result.stdout
 
 
 def test_a_killed_relaxed_run_resumes_from_its_journal(tmp_path):

@@ -289,9 +289,10 @@ def write_combined(
     json_path = out / "results.json"
     combined = combined_results(results, relax_model, settings)
     json_path.write_text(json.dumps(combined, indent=2) + "\n")
-    from xtalloop.benchmark.subsets import no_template_markdown
+    from xtalloop.benchmark.subsets import hull_markdown, no_template_markdown
 
-    table = summary_markdown(results, relax_model) + no_template_markdown(results)
+    table = (summary_markdown(results, relax_model) + no_template_markdown(results)
+             + hull_markdown(results))
     md_path = out / "results.md"
     md_path.write_text(table)
     return json_path, md_path, table
@@ -405,6 +406,10 @@ def csp(
         from xtalloop.benchmark.subsets import mark_template_coverage
 
         mark_template_coverage(results, str(templates.path), settings["max_atoms"])
+    if results and next(iter(results.values()))["relaxed"]:
+        from xtalloop.benchmark.subsets import mark_hull_targets
+
+        mark_hull_targets(results, str(data))
     json_path, md_path, table_md = write_combined(results, out, relax, settings)
     typer.echo(table_md)
     typer.echo(f"results: {json_path}, {md_path}; per generator: "
