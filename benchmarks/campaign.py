@@ -75,6 +75,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="energy-model training epochs per round (arms b, d)")
     parser.add_argument("--energy-frames", type=int, default=8,
                         help="frames per validator relaxation the energy model trains on")
+    parser.add_argument("--energy-steps", type=int, default=None,
+                        help="CHGNet fine-tuning: optimiser steps at most per round "
+                             "(default: the epochs decide)")
     parser.add_argument("--energy-replay", type=int, default=4,
                         help="CHGNet fine-tuning replay: AFLOW prototypes per training "
                              "composition")
@@ -133,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefilter_steps=args.prefilter_steps, validator_steps=args.validator_steps,
             energy_epochs=args.energy_epochs, generator_epochs=args.generator_epochs,
             energy_architecture=args.energy_architecture, energy_frames=args.energy_frames,
-            energy_replay_neighbours=args.energy_replay)
+            energy_replay_neighbours=args.energy_replay, energy_steps=args.energy_steps)
 
         def usable(elements: set[str]) -> set[str]:  # both models must know every element
             return model_elements(args.validator)(model_elements(args.prefilter)(elements))

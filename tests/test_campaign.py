@@ -96,7 +96,7 @@ def test_targets_are_seeded_distinct_per_arity_and_fit_the_cell(tmp_path):
 def test_every_arm_config_is_a_valid_loop_that_differs_only_in_learning(tmp_path,
                                                                          tiny_wyckoff):
     settings = CampaignSettings(checkpoint=str(tiny_wyckoff), budget=7, energy_frames=2,
-                                energy_replay_neighbours=1)
+                                energy_replay_neighbours=1, energy_steps=450)
     configs = {arm: arm_config(settings, arm, ["CuAu", "AgCuAu2"], tmp_path) for arm in ARMS}
     for arm, data in configs.items():
         config = RunConfig.model_validate(data)
@@ -109,6 +109,7 @@ def test_every_arm_config_is_a_valid_loop_that_differs_only_in_learning(tmp_path
             assert config.learn.energy_model.architecture == "chgnet"
             assert config.learn.energy_model.max_frames_per_relaxation == 2
             assert config.learn.energy_model.chgnet.replay_neighbours == 1
+            assert config.learn.energy_model.chgnet.max_steps == 450
         assert config.store.path.endswith(f"{arm}/store")
     strip = {"name", "learn", "prefilter", "store", "output_dir"}
     same = [{k: v for k, v in c.items() if k not in strip} for c in configs.values()]

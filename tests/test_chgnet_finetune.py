@@ -43,6 +43,7 @@ def test_fine_tuned_chgnet_learns_the_labels_energy_scale(finetuned):
     meta = json.loads(description.read_text())
     assert meta["format"] == "xtalloop-chgnet-finetuned/1" and meta["n_frames"] == 8
     assert set(meta["offsets_ev"]) == {"Cu", "Au"} and len(meta["loss_per_epoch"]) == 3
+    assert meta["steps"] == 3 * 2  # 8 frames in batches of 4, 3 epochs
     weights = weights_file(description)
     # trained here: on this machine's trust list, so the registry may fetch it back
     assert is_trusted(file_sha256(description)) and is_trusted(file_sha256(weights))
@@ -54,6 +55,15 @@ def test_fine_tuned_chgnet_learns_the_labels_energy_scale(finetuned):
     assert energy_error(child, frames) < 0.5 * energy_error(parent, frames)
     forces = child.predict(frames[:1])[0].forces
     assert forces.shape == (4, 3) and np.all(np.isfinite(forces))
+
+
+def test_a_step_budget_stops_training_inside_an_epoch(finetuned, tmp_path):
+    frames, _ = finetuned
+    budget = ChgnetFinetuner(epochs=3, batch_size=4, max_steps=3, replay_neighbours=0,
+                             replay_library=0)
+    meta = json.loads(budget.train(frames, tmp_path, seed=0).read_text())
+    assert meta["steps"] == 3 and len(meta["loss_per_epoch"]) == 2  # 2 steps, then 1
+    assert meta["settings"]["max_steps"] == 3
 
 
 def test_a_changed_or_foreign_file_is_refused_in_one_line(finetuned, tmp_path):

@@ -112,6 +112,8 @@ class ChgnetFinetuning(_Section):
     epochs: int = Field(30, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps at most, whatever "
+                                  "epochs says: keeps a growing loop's training time flat")
     forces_weight: float = Field(1.0, ge=0, description="loss weight of forces (energy: 1)")
     trainable: tuple[str, ...] = Field(
         ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers"), min_length=1,

@@ -48,7 +48,7 @@ ARM_NAMES: dict[str, str] = {"a": "nothing learns", "b": "energy model learns",
 STAGES: dict[str, tuple[int, ...]] = {"2": (2,), "3": (3,), "4": (4,), "5+": (5, 6, 7, 8, 9)}
 #: What a campaign saved before a setting existed did instead (resumed as that).
 BEFORE_SETTING: dict[str, Any] = {"energy_architecture": "mace", "energy_frames": 8,
-                                  "energy_replay_neighbours": 4}
+                                  "energy_replay_neighbours": 4, "energy_steps": None}
 DEFAULT_DATA: tuple[str, ...] = ("../shared/data/mp_20/val.csv.gz",
                                  "../shared/data/mpts_52/val.csv.gz")
 
@@ -91,6 +91,9 @@ class CampaignSettings:
     energy_replay_neighbours
         Parent-labelled AFLOW prototypes per training composition in CHGNet
         fine-tuning (``learn.energy_model.chgnet.replay_neighbours``).
+    energy_steps
+        Optimiser steps at most per CHGNet fine-tuning
+        (``learn.energy_model.chgnet.max_steps``; ``None``: the epochs decide).
     energy_architecture
         What the energy-learning arms train (``learn.energy_model.architecture``):
         ``chgnet`` fine-tunes the pretrained prefilter, ``mace`` trains MACE.
@@ -119,6 +122,7 @@ class CampaignSettings:
     energy_architecture: str = "chgnet"
     energy_frames: int = 8
     energy_replay_neighbours: int = 4
+    energy_steps: int | None = None
     generator_epochs: int = 5
     stable_within: float = 0.1
     energy_tolerance: float = 0.0
@@ -240,6 +244,7 @@ def arm_config(settings: CampaignSettings, arm: str, formulas: Sequence[str],
                              "max_frames_per_relaxation": settings.energy_frames,
                              **({"architecture": settings.energy_architecture,
                                  "chgnet": {"epochs": settings.energy_epochs,
+                                            "max_steps": settings.energy_steps,
                                             "replay_neighbours":
                                                 settings.energy_replay_neighbours}}
                                 if energy else {})},

@@ -75,6 +75,11 @@ class ChgnetFinetuner:
     ----------
     epochs, lr, batch_size
         Adam over the trainable layers; ``batch_size`` frames per step.
+    max_steps
+        Optimiser steps at most, whatever ``epochs`` says (``None``: the epochs
+        decide). A loop's training set grows every round, and with it the cost of
+        an epoch; a step budget keeps each round's training about as long as the
+        first one's.
     forces_weight
         Loss = MSE of energy per atom (eV²) + ``forces_weight`` × MSE of forces (eV²/Å²).
     trainable
@@ -94,6 +99,7 @@ class ChgnetFinetuner:
     epochs: int = 30
     lr: float = 1e-3
     batch_size: int = 8
+    max_steps: int | None = None
     forces_weight: float = 1.0
     trainable: tuple[str, ...] = ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers")
     replay_neighbours: int = 4
@@ -136,12 +142,18 @@ class ChgnetFinetuner:
         rng = np.random.default_rng(seed)
         start = time.monotonic()
         losses: list[float] = []
+        steps = 0
         if params and self.epochs:
             opt = torch.optim.Adam(params, lr=self.lr)
             model.train()
             for epoch in range(self.epochs):
-                order, total = rng.permutation(len(data)), 0.0
+                if self.max_steps is not None and steps >= self.max_steps:
+                    break
+                order, total, seen = rng.permutation(len(data)), 0.0, 0
                 for i in range(0, len(order), self.batch_size):
+                    if self.max_steps is not None and steps >= self.max_steps:
+                        break  # the step budget ends the epoch early
+                    steps += 1
                     idx = order[i:i + self.batch_size]
                     out = model([graphs[j].to(self.device) for j in idx], task="ef")
                     target = energy[idx].to(out["e"].device, out["e"].dtype)
@@ -156,7 +168,8 @@ class ChgnetFinetuner:
                     loss.backward()
                     opt.step()
                     total += float(loss.detach()) * len(idx)
-                losses.append(total / len(data))
+                    seen += len(idx)
+                losses.append(total / seen)
                 logger.info("CHGNet fine-tuning: epoch %d/%d, loss %.4f (%.0f s)", epoch + 1,
                             self.epochs, losses[-1], time.monotonic() - start)
         model.eval()
@@ -173,6 +186,7 @@ class ChgnetFinetuner:
             "n_replay": len(replay),
             "elements": sorted({s for a in frames for s in a.get_chemical_symbols()}),
             "offsets_ev": offsets, "loss_per_epoch": [round(x, 6) for x in losses],
+            "steps": steps,
             "seconds": round(time.monotonic() - start, 1)}, indent=1))
         # trained on this machine: trusted here (the registry fetches it back only if so)
         add_files([description, weights], source=f"trained here: {description}")
