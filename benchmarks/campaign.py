@@ -42,13 +42,12 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 from xtalloop.benchmark.campaign import (  # noqa: E402  (after the path)
     ARMS,
     DEFAULT_DATA,
-    STAGES,
     CampaignSettings,
-    model_elements,
     run_campaign,
     train_base_generator,
 )
 from xtalloop.benchmark.campaign_report import markdown_table, write_outputs  # noqa: E402
+from xtalloop.benchmark.campaign_targets import STAGES, model_elements  # noqa: E402
 from xtalloop.errors import XtalloopError  # noqa: E402
 
 

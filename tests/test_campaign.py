@@ -13,10 +13,10 @@ from xtalloop.benchmark.campaign import (
     ARMS,
     CampaignSettings,
     arm_config,
-    choose_targets,
     run_campaign,
 )
 from xtalloop.benchmark.campaign_report import headline, markdown_table, write_outputs
+from xtalloop.benchmark.campaign_targets import choose_targets
 from xtalloop.benchmark.campaign_score import KnownEnergies, is_hit, score_arm
 from xtalloop.config import RunConfig
 from xtalloop.errors import ConfigError
