@@ -185,3 +185,19 @@ def test_replay_labels_are_the_parents_on_the_fine_tuned_energy_scale(finetuned,
     meta = json.loads(description.read_text())
     assert meta["n_frames"] == len(frames) and meta["n_replay"] == len(replay)
     assert meta["settings"]["replay_library"] == 2
+
+
+def test_a_replay_structure_with_absurd_parent_forces_is_left_out(finetuned, monkeypatch):
+    # its label is the parent's own prediction, but hundreds of eV/Å wreck the training
+    from ase import Atoms
+
+    frames, _ = finetuned
+    sane = frames[0].copy()
+    crammed = Atoms("Cu2", positions=[[0, 0, 0], [0.9, 0, 0]], cell=[8.0, 8.0, 8.0], pbc=True)
+    monkeypatch.setattr("xtalloop.learn.replay.replay_structures",
+                        lambda *args, **kwargs: [sane, crammed])
+    parent = load_energy_model("chgnet")
+    assert np.abs(parent.predict([crammed])[0].forces).max() > 10  # the premise
+    tuner = ChgnetFinetuner(epochs=1, replay_neighbours=1, replay_library=0)
+    replay, graphs = tuner._replay(frames, parent, {}, seed=0)
+    assert replay == [sane] and len(graphs) == 1
