@@ -28,3 +28,17 @@ def test_one_backward_pass_gives_chgnets_own_energies_forces_and_stresses():
         assert np.allclose(have["s"], want["s"], atol=1e-4)
     # something moves: the comparison is not between zeros
     assert np.abs(got[2]["f"]).max() > 0.01 and np.abs(got[1]["s"]).max() > 0.1
+
+
+def test_a_module_in_training_mode_is_refused_not_switched():
+    import copy
+
+    import pytest
+
+    module = copy.deepcopy(load_energy_model("chgnet").module)
+    assert not module.training  # the energy model owns its module in eval mode
+    module.train()
+    structure = Structure(Lattice.cubic(4.0), ["Cu"], [[0, 0, 0]])
+    with pytest.raises(ValueError, match="eval mode"):
+        predict_efs(module, [structure])
+    assert module.training  # its mode is left as it was

@@ -186,6 +186,9 @@ def test_reference_phases_are_relaxed_once_per_process_model_and_settings(monkey
 
     monkeypatch.setattr(ml_ranker, "BatchRelaxer", Refuse)
     again = MLRanker(model="emt", steps=40, progress=False).reference_phases(["Cu"])[0]
-    assert again is first
+    assert again == first and again.energy_per_atom == first.energy_per_atom
+    again.structure.perturb(0.3)  # a caller edits its copy: the next caller is not affected
+    third = MLRanker(model="emt", steps=40, progress=False).reference_phases(["Cu"])[0]
+    assert third.structure == first.structure and third.structure != again.structure
     with pytest.raises(AssertionError, match="relaxed again"):  # other settings: relaxed
         MLRanker(model="emt", steps=41, progress=False).reference_phases(["Cu"])

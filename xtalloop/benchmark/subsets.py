@@ -82,11 +82,11 @@ def mark_hull_targets(results: dict[str, dict[str, Any]], data_csv: str) -> int 
     """
     import pandas as pd
 
-    table = pd.read_csv(data_csv, nrows=0)
+    wanted = {"material_id", *HULL_COLUMNS}
+    table = pd.read_csv(data_csv, usecols=lambda c: c in wanted)  # one read, no CIFs
     column = next((c for c in HULL_COLUMNS if c in table.columns), None)
     if column is None or "material_id" not in table.columns:
         return None
-    table = pd.read_csv(data_csv, usecols=["material_id", column])
     above = dict(zip(table["material_id"].astype(str), table[column], strict=True))
     n_on = 0
     for result in results.values():

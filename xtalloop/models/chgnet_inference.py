@@ -39,8 +39,9 @@ def predict_efs(module: Any, structures: Sequence[Any], batch_size: int = 64
     import torch
     from chgnet.model.model import BatchedGraph
 
+    if module.training:  # its mode is its owner's: switching it here would be a side effect
+        raise ValueError("predict_efs needs a CHGNet module in eval mode (call .eval() first)")
     device = next(module.parameters()).device
-    module.eval()
     out: list[dict[str, np.ndarray]] = []
     for start in range(0, len(structures), batch_size):
         graphs = [module.graph_converter(s).to(device)

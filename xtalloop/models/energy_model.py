@@ -109,6 +109,7 @@ class CHGNetModel(EnergyModel):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = CHGNet.load(verbose=False, use_device=device)
+            model.eval()  # ours: nothing trains it in place (trainers copy it)
         self._model = model
         self.version = version or f"chgnet {chgnet.__version__}, weights {model.version}"
         self.batch_size = batch_size

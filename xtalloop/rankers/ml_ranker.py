@@ -266,4 +266,6 @@ class MLRanker:
                 energy_per_atom=best.energy / len(best.atoms),
                 molecular=molecular,
             )
-        return [_REFERENCES[(model.version, el, settings)] for el in elements]
+        # copies: a caller that edits its structure must not change the next caller's
+        return [replace(ref, structure=ref.structure.copy())
+                for ref in (_REFERENCES[(model.version, el, settings)] for el in elements)]
