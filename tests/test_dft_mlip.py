@@ -130,4 +130,8 @@ def test_a_molecule_in_a_box_keeps_its_cell_and_the_result_has_gpaws_shape(tmp_p
     steps = result["trajectory"]
     assert len(steps) >= 2 and set(steps[-1]) == {"structure", "energy", "forces", "stress"}
     assert steps[-1]["energy"] == pytest.approx(result["energy"])
+    # the job document keeps one energy per step; structures live once, in the trajectory
+    ionic = responses[job.uuid][1].output.output.ionic_steps
+    assert len(ionic) == len(steps) and ionic[-1].energy == pytest.approx(result["energy"])
+    assert all(s.mol_or_struct is None and s.forces is None for s in ionic)
     assert maker.parse_output(None) is None

@@ -19,7 +19,7 @@ from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Element, Molecule, Structure
 
-from xtalloop.dft.result import ase_task_result
+from xtalloop.dft.result import IONIC_STEP_DATA, ase_task_result
 from xtalloop.references import is_molecular
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class GpawRelaxMaker(AseRelaxMaker):
     steps: int = 60
     relax_kwargs: dict = field(default_factory=lambda: {"fmax": 0.03})
     store_trajectory: StoreTrajectoryOption = StoreTrajectoryOption.PARTIAL
+    ionic_step_data: tuple[str, ...] | None = IONIC_STEP_DATA
     step_limit_restarts: int = 2
     checkpoint_store: dict[str, Any] | None = None
     progress: bool = True
@@ -333,7 +334,7 @@ def gpaw_version() -> str:
 
 
 def check_gpaw(elements: list[str], xc: str = "PBE") -> None:
-    """Raise a one-line :class:`~xtalloop.errors.XtalloopError` unless GPAW can run these elements."""
+    """Raise a one-line :class:`~xtalloop.errors.XtalloopError` unless GPAW runs these elements."""
     from xtalloop.errors import XtalloopError
 
     try:

@@ -23,7 +23,7 @@ from atomate2.ase.utils import AseRelaxer
 from emmet.core.types.enums import StoreTrajectoryOption
 from pymatgen.core import Molecule, Structure
 
-from xtalloop.dft.result import ase_task_result
+from xtalloop.dft.result import IONIC_STEP_DATA, ase_task_result
 from xtalloop.references import is_molecular
 
 
@@ -99,6 +99,7 @@ class MlipRelaxMaker(AseRelaxMaker):
     steps: int = 300
     relax_kwargs: dict = field(default_factory=lambda: {"fmax": 0.03})
     store_trajectory: StoreTrajectoryOption = StoreTrajectoryOption.PARTIAL
+    ionic_step_data: tuple[str, ...] | None = IONIC_STEP_DATA
 
     def _mace(self) -> bool:
         return model_identity(self.model)["name"].startswith("mace")
@@ -164,7 +165,7 @@ class MlipRelaxMaker(AseRelaxMaker):
 
 
 def check_mlip(model: str, device: str, precision: str, elements: list[str]) -> None:
-    """Raise a one-line :class:`~xtalloop.errors.XtalloopError` unless the model covers ``elements``.
+    """Raise a one-line :class:`~xtalloop.errors.XtalloopError` unless the model has ``elements``.
 
     The model is loaded (as the validator's jobs will) and evaluated once on
     each element alone, so a model without parameters for one (EMT knows

@@ -7,6 +7,15 @@ from typing import Any, Protocol, runtime_checkable
 from pymatgen.core import Structure
 
 
+#: What atomate2 keeps per ionic step in the job document: the energy only. The whole
+#: trajectory (structures, forces, stress) is stored once, in the data store
+#: (``store_trajectory``); atomate2's default repeated it, structures included, in
+#: ``output.ionic_steps``: 25 of the 36 MB of a campaign's job documents after two
+#: rounds. The embedded store decodes every job document on each lookup by uuid
+#: (montydb has no index), so that copy made every job of a long loop slower.
+IONIC_STEP_DATA: tuple[str, ...] = ("energy",)
+
+
 class DftParseError(ValueError):
     """A DFT calculation finished but its result cannot be used (the reason is the message)."""
 
