@@ -118,8 +118,11 @@ class RetryingJobStore(JobStore):
 
     @classmethod
     def wrap(cls, store: JobStore, retry_seconds: float) -> RetryingJobStore:
-        """The same stores as ``store``, with retries."""
-        return cls(store.docs_store, additional_stores=store.additional_stores,
+        """The same stores as ``store``, with retries, and the job documents this run
+        writes answered from memory (:class:`~xtalloop.store.recent.RecentJobDocs`)."""
+        from xtalloop.store.recent import RecentJobDocs
+
+        return cls(RecentJobDocs(store.docs_store), additional_stores=store.additional_stores,
                    save=store.save, load=store.load, retry_seconds=retry_seconds)
 
     def _retry(self, call: Callable[[], T]) -> T:
