@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 ALL = ("mlp", "atom_conv_layers", "bond_conv_layers", "angle_layers")
 #: ChgnetFinetuner settings of each variant (which layers train; replay); a setting not
-#: named keeps ChgnetFinetuner's default (replay on: 4 neighbours, 60 library structures)
+#: named keeps ChgnetFinetuner's default (replay on: 4 neighbours, 60 library structures,
+#: anchored labels)
 NO_REPLAY = {"replay_neighbours": 0, "replay_library": 0}
 VARIANTS = {
     "mlp": {"trainable": ("mlp",), **NO_REPLAY},
@@ -40,6 +41,7 @@ VARIANTS = {
     "all conv+replay": {"trainable": ALL},
     "all conv+replay lib": {"trainable": ALL, "replay_neighbours": 0, "replay_library": 100},
     "all conv+replay w0.3": {"trainable": ALL, "replay_weight": 0.3},
+    "all conv+replay unanchored": {"trainable": ALL, "replay_anchored": False},
 }
 KEYS = ("energy_mae", "force_mae", "stress_mae", "precision", "recall", "f1")
 

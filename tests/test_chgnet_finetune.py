@@ -171,20 +171,38 @@ def test_replay_structures_are_reproducible_rattled_and_of_the_training_chemistr
 def test_replay_labels_are_the_parents_on_the_fine_tuned_energy_scale(finetuned, tmp_path):
     frames, _ = finetuned
     parent = load_energy_model("chgnet")
-    tuner = ChgnetFinetuner(epochs=1, batch_size=8, replay_neighbours=2, replay_library=2)
     offsets = {"Cu": 0.5, "Au": -1.0}
-    replay, graphs = tuner._replay(frames, parent, offsets, seed=0)
-    assert replay and len(graphs) == len(replay)
-    predicted = parent.predict(replay)
-    for atoms, pred in zip(replay, predicted, strict=True):
-        symbols = atoms.get_chemical_symbols()
-        shift = 0.5 * symbols.count("Cu") - 1.0 * symbols.count("Au")
-        assert atoms.get_potential_energy() == pytest.approx(pred.energy + shift, abs=1e-4)
-        assert np.allclose(atoms.get_forces(), pred.forces, atol=1e-4)
+    formula = lambda a: a.get_chemical_formula(mode="hill", empirical=True)  # noqa: E731
+    # the composition's lowest DFT frame, per atom: DFT energy and the parent's
+    lowest = {}
+    for atoms, pred in zip(frames, parent.predict(frames), strict=True):
+        per_atom = atoms.get_potential_energy() / len(atoms)
+        if formula(atoms) not in lowest or per_atom < lowest[formula(atoms)][0]:
+            lowest[formula(atoms)] = (per_atom, pred.energy / len(atoms))
+    for anchored in (True, False):
+        tuner = ChgnetFinetuner(epochs=1, batch_size=8, replay_neighbours=2, replay_library=2,
+                                replay_anchored=anchored)
+        replay, graphs = tuner._replay(frames, parent, offsets, seed=0)
+        assert replay and len(graphs) == len(replay)
+        predicted = parent.predict(replay)
+        n_anchored = 0
+        for atoms, pred in zip(replay, predicted, strict=True):
+            symbols = atoms.get_chemical_symbols()
+            if anchored and formula(atoms) in lowest:  # DFT's level, the parent's difference
+                dft, own = lowest[formula(atoms)]
+                expected = len(atoms) * (dft + pred.energy / len(atoms) - own)
+                n_anchored += 1
+            else:  # the parent's energy on the fine-tuned scale
+                expected = pred.energy + 0.5 * symbols.count("Cu") - 1.0 * symbols.count("Au")
+            assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-4)
+            assert np.allclose(atoms.get_forces(), pred.forces, atol=1e-4)
+        # the neighbours are of the training compositions; the library mostly not
+        assert (n_anchored >= 1) is anchored
     description = tuner.train(frames, tmp_path, seed=0)
     meta = json.loads(description.read_text())
     assert meta["n_frames"] == len(frames) and meta["n_replay"] == len(replay)
     assert meta["settings"]["replay_library"] == 2
+    assert meta["settings"]["replay_anchored"] is False
 
 
 def test_a_replay_structure_with_absurd_parent_forces_is_left_out(finetuned, monkeypatch):

@@ -123,6 +123,9 @@ class ChgnetFinetuning(_Section):
     replay_library: int = Field(60, ge=0, description="parent-labelled AFLOW library "
                                 "structures mixed in")
     replay_weight: float = Field(1.0, ge=0, description="loss weight of a replay structure")
+    replay_anchored: bool = Field(True, description="label a replay structure of a training "
+                                  "composition by the parent's energy difference from its "
+                                  "lowest DFT frame, added to that frame's DFT energy")
 
 
 class EnergyModelLearning(_Section):
