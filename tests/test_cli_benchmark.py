@@ -288,6 +288,44 @@ def test_pooled_generator_with_dedup_spends_no_slot_on_a_crystal_twice():
     assert [(c.generator, c.index) for c in pooled] == [("a", 0), ("b", 1), ("b", 2)]
 
 
+def test_pooled_generator_with_dedup_keeps_the_first_generators_version_and_fills_up():
+    """A template's crystal takes the model's duplicate's slot; duplicates are refilled."""
+    from pymatgen.core import Composition
+
+    from xtalloop.generators.base import Candidate
+    from xtalloop.generators.pooled import MAX_ASK, PooledGenerator
+
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    class Listed:
+        def __init__(self, name, structures):
+            self.name, self.structures, self.asked = name, structures, []
+
+        def generate(self, composition, n, seed):
+            self.asked.append(n)
+            return [Candidate(s, self.name, seed, i) for i, s in enumerate(self.structures[:n])]
+
+    templates = Listed("templates", [cscl, rocksalt("Na", "Cl", 5.9)])
+    model = Listed("model", [rocksalt("Na", "Cl", 5.4)])
+    pooled = PooledGenerator([templates, model], dedup=True).generate(
+        Composition("NaCl"), 3, seed=0)
+    assert [(c.generator, c.index) for c in pooled] == [("templates", 0), ("templates", 1)]
+
+    # the same crystal over and over: asked again for more until n distinct ones come
+    repeats = [rocksalt("Na", "Cl", 5.6)] * 4 + [cscl, zincblende("Na", "Cl", 6.0)]
+    first = Listed("templates", repeats * 10)
+    second = Listed("model", [rocksalt("Na", "Cl", 5.0 + 0.1 * i) for i in range(100)])
+    pooled = PooledGenerator([first, second], dedup=True).generate(
+        Composition("NaCl"), 3, seed=0)
+    assert len(pooled) == 3 and first.asked == [3, 6]
+    assert [(c.generator, c.index) for c in pooled] == [("templates", 0), ("templates", 4),
+                                                        ("templates", 5)]
+    alike = Listed("model", [rocksalt("Na", "Cl", 5.0 + 0.1 * i) for i in range(100)])
+    alone = PooledGenerator([alike], dedup=True).generate(Composition("NaCl"), 3, seed=0)
+    assert len(alone) == 1 and alike.asked == [3, 6, 12]  # then it stops: MAX_ASK x n
+    assert MAX_ASK == 4
+
+
 def test_parse_ks():
     assert parse_ks("20, 1,5,1") == [1, 5, 20]
     for bad in ("", "0", "1,x", "-1"):

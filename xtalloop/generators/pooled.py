@@ -9,6 +9,10 @@ from pymatgen.core import Composition
 from xtalloop.generators.base import Candidate, Generator, derived_seeds
 
 
+#: With ``dedup``, a short pool asks its generators for at most this many times ``n``.
+MAX_ASK = 4
+
+
 @dataclass
 class PooledGenerator:
     """Candidates of several generators, taken in turn: first of each, second of each...
@@ -51,15 +55,39 @@ class PooledGenerator:
                              f"({len(self.generators)})")
 
     def generate(self, composition: Composition, n: int, seed: int) -> list[Candidate]:
-        """Up to ``n`` candidates, interleaved; each generator is asked for all ``n``."""
+        """Up to ``n`` candidates, interleaved; each generator is asked for all ``n``.
+
+        With ``dedup``, duplicates can leave the pool short of ``n``; the
+        generators are then asked for twice as many (up to :data:`MAX_ASK` times
+        ``n``) until it is full or they have no more.
+        """
         if n <= 0:
             return []
         seeds = derived_seeds(seed, len(self.generators))
-        batches = [g.generate(composition, n, s) for g, s in zip(self.generators, seeds,
-                                                                strict=True)]
+        ask = n
+        while True:
+            batches = [g.generate(composition, ask, s)
+                       for g, s in zip(self.generators, seeds, strict=True)]
+            pool = self._interleave(batches, n)
+            exhausted = all(len(b) < ask for b in batches)
+            if len(pool) >= n or not self.dedup or exhausted or ask >= MAX_ASK * n:
+                return pool
+            ask *= 2
+
+    def _interleave(self, batches: list[list[Candidate]], n: int) -> list[Candidate]:
+        """The first ``n`` of the batches taken ``shares`` at a time.
+
+        A duplicate (with ``dedup``) takes no slot; where it comes from a
+        generator of higher precedence than the pooled one, its version takes
+        that one's place: the same crystal from a template (a known structure,
+        substituted) against the model's (the pooled MP-20 run lost HoBrO's
+        matching template to a model candidate of the same crystal that did not
+        match at the benchmark's tolerances).
+        """
         shares = self.shares or (1,) * len(batches)
         taken = [0] * len(batches)
         pool: list[Candidate] = []
+        source: list[int] = []
         matcher = _matcher() if self.dedup else None
         while len(pool) < n and any(t < len(b) for t, b in zip(taken, batches, strict=True)):
             for i, (batch, share) in enumerate(zip(batches, shares, strict=True)):
@@ -67,10 +95,15 @@ class PooledGenerator:
                 while added < share and taken[i] < len(batch):
                     candidate = batch[taken[i]]
                     taken[i] += 1
-                    if matcher is None or not any(
-                            matcher.fit(candidate.structure, c.structure) for c in pool):
+                    same = None if matcher is None else next(
+                        (j for j, c in enumerate(pool)
+                         if matcher.fit(candidate.structure, c.structure)), None)
+                    if same is None:
                         pool.append(candidate)
+                        source.append(i)
                         added += 1
+                    elif source[same] > i:
+                        pool[same], source[same] = candidate, i
         return pool[:n]
 
 
