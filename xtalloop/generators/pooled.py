@@ -33,7 +33,8 @@ class PooledGenerator:
         templates exist: on 300 MP-20 val compositions, one-for-one pooling of
         templates and the Wyckoff model matched 85.7 % at k = 20 against 87.3 %
         for templates alone, and two-for-one 87.3 %; with the model's skeleton
-        proposals and ``dedup``, two-for-one 91.3 % (``benchmarks/README.md``).
+        proposals and ``dedup``, two-for-one 91.3 %, and 92.0 % once the pool
+        refilled its short lists (``benchmarks/README.md``).
     name
         Name recorded in results (each candidate keeps its own generator's name).
     dedup
