@@ -18,8 +18,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-#: Jobs (uuids) whose documents are remembered; the oldest are forgotten first.
-CAPACITY = 4096
+#: Jobs (uuids) whose documents are remembered; the oldest are forgotten first. A
+#: loop round's last jobs read the outputs of all its compositions' jobs (about 5 per
+#: composition), so 1024 covers a round of 200 compositions. A campaign's job documents
+#: average about 10 kB of BSON without the ionic-step copies (36 MB less 25 over 1090
+#: documents), a few times that as Python objects: some 50 MB remembered at most.
+CAPACITY = 1024
 
 
 class RecentJobDocs:
