@@ -1,4 +1,4 @@
-"""The active-learning loop: planning, stopping, rounds as a dynamic jobflow graph, resume, report."""
+"""The active-learning loop: planning, stopping, rounds as a dynamic jobflow graph, resume."""
 
 from __future__ import annotations
 
@@ -76,6 +76,11 @@ def test_plan_follows_the_arity_schedule_and_the_dft_budget(tmp_path):
     assert second.compositions == ["CuAgAu"] and second.top_k == 2 and second.seed == 1001
     resumed = plan_round(config, [], 1, set(), done={"Au"})
     assert resumed.compositions == ["Cu", "CuAu"] and resumed.done == ["Au"]
+    # the first attempt's DFT call counts against the round's budget of 2
+    resumed = plan_round(config, [], 1, set(), done={"Au"}, spent=1)
+    assert resumed.compositions == ["Cu"] and resumed.deferred == ["CuAu"]
+    spent = plan_round(config, [], 1, set(), done={"Au"}, spent=2)
+    assert spent.compositions == [] and spent.deferred == ["Cu", "CuAu"]
 
 
 def test_stopping_criteria():

@@ -91,7 +91,8 @@ def stop_reason(loop: LoopConfig, rounds: list[dict[str, Any]], round_index: int
 
 
 def plan_round(config: RunConfig, rounds: list[dict[str, Any]], round_index: int,
-               stable_formulas: set[str], done: set[str] | None = None) -> RoundPlan:
+               stable_formulas: set[str], done: set[str] | None = None,
+               spent: int = 0) -> RoundPlan:
     """The plan of round ``round_index`` of ``config``'s loop.
 
     Parameters
@@ -107,6 +108,9 @@ def plan_round(config: RunConfig, rounds: list[dict[str, Any]], round_index: int
         DFT budget, compositions without one go first.
     done
         Formulas of this round already validated (a resumed round skips them).
+    spent
+        DFT calls this round already made (a resumed round's first attempt): they
+        count against the round's budget, or a resumed round would spend it again.
     """
     loop = config.loop or LoopConfig()
     seed = round_seed(config.generate.seed, round_index)
@@ -122,15 +126,17 @@ def plan_round(config: RunConfig, rounds: list[dict[str, Any]], round_index: int
     top_k = config.prefilter.top_k
     deferred: list[str] = []
     budget = loop.dft_budget_per_round
+    if budget is not None:
+        budget = max(0, budget - spent)
     if loop.max_dft_calls is not None:
-        left = loop.max_dft_calls - sum(r.get("dft_calls", 0) for r in rounds)
+        left = max(0, loop.max_dft_calls - spent - sum(r.get("dft_calls", 0) for r in rounds))
         budget = left if budget is None else min(budget, left)
     if budget is not None and todo and budget < len(todo) * top_k:
         if budget < len(todo):  # compositions still without a stable structure go first
             ordered = sorted(todo, key=lambda f: (f in stable_formulas, todo.index(f)))
             deferred = [f for f in todo if f not in ordered[:budget]]
             todo = [f for f in todo if f in ordered[:budget]]
-        top_k = max(1, budget // len(todo))
+        top_k = max(1, budget // len(todo)) if todo else top_k
     return RoundPlan(round_index, arities=list(stage.arities) if stage else None,
                      compositions=todo, done=sorted(done & set(formulas)),
                      deferred=deferred, top_k=top_k, seed=seed)

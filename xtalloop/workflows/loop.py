@@ -92,9 +92,12 @@ class LoopRoundMaker(Maker):
         settings_key = (self.relax_maker or dft_maker(config.dft, False)).settings_key()
         with open_results(config.store) as db:
             completed = [r for r in db.rounds(self.loop_id) if r.get("status") == "completed"]
-            done = {r["formula"] for r in db.composition_results(run_id)}
+            results = db.composition_results(run_id)  # a resumed round's first attempt
+            done = {r["formula"] for r in results}
+            spent = sum(len(r.get("validated", [])) + len(r.get("failed", [])) for r in results)
             plan = plan_round(config, completed, round_index,
-                              stable_formulas(db, settings_key, loop.stable_within), done)
+                              stable_formulas(db, settings_key, loop.stable_within), done,
+                              spent)
             if plan.stop:
                 db.save_run({"id": self.loop_id, "status": "completed", "stopped_by": plan.stop,
                              "finished_at": now(), "rounds_completed": len(completed)})
