@@ -17,8 +17,10 @@ and/or (``--baseline ase``)
    neither atomate2 nor jobflow (a GPU machine with only torch, ase, mace and
    pymatgen runs it),
 
-with the same model (``--model``: pretrained CHGNet, or a MACE ``.model`` file
-in float64), optimiser (ASE's FIRE with its default parameters), cell filter
+with the same model (``--model``: pretrained CHGNet, or a native MACE
+``.mace.json`` in float64; mace's own calculator, which the baselines use,
+reads only pickles, so this process writes one from the native model for
+them), optimiser (ASE's FIRE with its default parameters), cell filter
 (FrechetCellFilter), fmax and step limit, on ``--device`` (``cpu`` or
 ``cuda``), and prints structures relaxed per CPU-second (and per wall-second)
 for each, the ratios to the first baseline, and the distribution of
@@ -36,9 +38,9 @@ reads them instead of generating (generating needs PyXtal).
 Example::
 
     python benchmarks/batch_relax_speed.py --n 200
-    python benchmarks/batch_relax_speed.py --model path/to/mace.model --threads 1 \\
+    python benchmarks/batch_relax_speed.py --model path/to/mace.mace.json --threads 1 \\
         --baseline atomate2,ase
-    python benchmarks/batch_relax_speed.py --model path/to/mace.model --device cuda \\
+    python benchmarks/batch_relax_speed.py --model path/to/mace.mace.json --device cuda \\
         --structures candidates.extxyz --baseline ase --atoms-per-pass 256,4096
 """
 
@@ -211,13 +213,31 @@ def precision_error(results: list, model_spec: str, device: str = "cpu") -> np.n
 
 
 def model_spec(value: str) -> str:
-    """``"chgnet"`` or the path of an existing MACE ``.model`` file."""
+    """``"chgnet"`` or the path of an existing native MACE model (``.mace.json``)."""
     if value.lower() == "chgnet":
         return "chgnet"
     path = Path(value).expanduser()
-    if path.suffix != ".model" or not path.is_file():
-        raise argparse.ArgumentTypeError(f"not 'chgnet' nor a MACE .model file: {value}")
+    if not path.name.endswith(".mace.json") or not path.is_file():
+        raise argparse.ArgumentTypeError(f"not 'chgnet' nor a MACE .mace.json file: {value}")
     return str(path.resolve())
+
+
+def pickle_for_mace(native: str) -> str:
+    """The native model as the ``.model`` pickle mace's calculator reads, written by this process.
+
+    xtalloop never unpickles a file it did not write in the same process; the
+    baselines (mace's ``MACECalculator``, directly or through atomate2) read
+    only pickles, so they get one written here, from the native model.
+    """
+    import tempfile
+
+    import torch
+
+    from xtalloop.models.mace_format import load_native
+
+    path = Path(tempfile.mkdtemp(prefix="batch-relax-speed-")) / "model.model"
+    torch.save(load_native(native), path)
+    return str(path)
 
 
 def rate(n: int, cpu: float, wall: float) -> str:
@@ -238,7 +258,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", type=model_spec, default="chgnet",
-                        help="'chgnet' (default) or a path to a MACE .model file")
+                        help="'chgnet' (default) or a path to a MACE .mace.json file")
     parser.add_argument("--dtype", default="float64,float32",
                         help="MACE precision(s) of the batched runs; baselines run float64")
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
@@ -283,11 +303,12 @@ def main() -> None:
                for d in dtypes for p in per_pass}
     run = {"atomate2": relax_atomate2, "ase": relax_ase}
     singles = {}
+    single_model = args.model if args.model == "chgnet" else pickle_for_mace(args.model)
     # BatchRelaxer runs with single-threaded BLAS (its cell filter's 3x3 matrix
     # functions only contend for threads); the same here keeps the comparison fair.
     with threadpool_limits(limits=1, user_api="blas"):
         for name in baselines:
-            singles[name] = run[name](structures, args.model, args.fmax, args.steps,
+            singles[name] = run[name](structures, single_model, args.fmax, args.steps,
                                       args.device)
     reference = baselines[0]
     for name, (_, cpu, wall) in singles.items():

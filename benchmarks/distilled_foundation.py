@@ -16,8 +16,8 @@ Project relaxations) as the labeller instead of VASP:
 3. labelled with CHGNet's energy, forces and stress (batched),
 4. and a MACE trained on them from scratch with xtalloop's trainer.
 
-The result, ``<out>/foundation.model``, knows the Materials-Project-like
-potential energy surface of those elements but not GPAW's, like a real
+The result, ``<out>/training/foundation.mace.json``, knows the
+Materials-Project-like potential energy surface of those elements but not GPAW's, like a real
 foundation model before it is fine-tuned to a user's DFT settings. Pass it to
 ``benchmarks/energy_model_quality.py --foundation``.
 
@@ -99,7 +99,6 @@ def main() -> None:
     out = Path(args.out)
     model = MaceTrainer(num_channels=args.channels, epochs=args.epochs).train(
         frames, out / "training", seed=args.seed, name="foundation")
-    model = model.replace(out / "foundation.model")
     print(f"trained in {time.perf_counter() - start:.0f} s -> {model}")
 
 

@@ -19,13 +19,13 @@ Example::
 
     python benchmarks/energy_model_quality.py --data benchmarks/results/gpaw_light.extxyz \\
         --sizes 5,10,20,all --out benchmarks/results/energy_model_quality \\
-        --foundation benchmarks/results/foundation/foundation.model
+        --foundation benchmarks/results/foundation/training/foundation.mace.json
     # fine-tuning with other loss weights, then one table and plot of both runs
     python benchmarks/energy_model_quality.py --variants fine-tuned \\
         --energy-weight 1 --forces-weight 100 --out forces \\
-        --foundation benchmarks/results/foundation/foundation.model
+        --foundation benchmarks/results/foundation/training/foundation.mace.json
     python benchmarks/energy_model_quality.py --variants none --include forces/results.json \\
-        --foundation benchmarks/results/foundation/foundation.model \\
+        --foundation benchmarks/results/foundation/training/foundation.mace.json \\
         --include benchmarks/results/energy_model_quality/results.json --out merged
 """
 

@@ -18,8 +18,9 @@ from xtalloop.benchmark.campaign import (
 from xtalloop.benchmark.campaign_report import headline, markdown_table, write_outputs
 from xtalloop.benchmark.campaign_targets import choose_targets
 from xtalloop.benchmark.campaign_score import KnownEnergies, is_hit, score_arm
+from xtalloop.benchmark.campaign_state import restore_state, save_state
 from xtalloop.config import RunConfig
-from xtalloop.errors import ConfigError
+from xtalloop.errors import ConfigError, DataError
 from xtalloop.store.results import open_results
 
 
@@ -224,6 +225,19 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     moved = CampaignSettings(**{**vars(settings), "data": elsewhere})
     assert run_campaign(moved, ["a"], tmp_path / "work", score_only=True)["arms"]["a"][
         "rounds"] == result["arms"]["a"]["rounds"]
+    # carried to another machine: packed, unpacked into a new --work, scored the same
+    state = save_state(tmp_path / "work", tmp_path / "state", note="test")
+    assert set(state["parts"]) == {"common", "a", "c"}
+    assert restore_state(tmp_path / "state", tmp_path / "work2", ["a"]) == ["common", "a"]
+    assert run_campaign(settings, ["a"], tmp_path / "work2", score_only=True)["arms"]["a"][
+        "rounds"] == result["arms"]["a"]["rounds"]
+    with pytest.raises(DataError, match="exists"):  # never over a live arm
+        restore_state(tmp_path / "state", tmp_path / "work2", ["a"])
+    archive = tmp_path / "state" / "c.tar.xz"
+    archive.write_bytes(archive.read_bytes()[:-10])
+    with pytest.raises(DataError, match="sha256"):
+        restore_state(tmp_path / "state", tmp_path / "work3")
+    assert not (tmp_path / "work3").exists()  # checked before anything is unpacked
     # a campaign saved before a setting existed resumes as what it did then
     saved = tmp_path / "work" / "targets.json"
     before = json.loads(saved.read_text())
@@ -234,3 +248,25 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     mace = CampaignSettings(**{**vars(settings), "energy_architecture": "mace"})
     assert run_campaign(mace, ["a"], tmp_path / "work", score_only=True)["arms"]["a"][
         "rounds"] == result["arms"]["a"]["rounds"]
+
+
+def test_a_restored_campaign_finds_its_checkpoint_by_name(tmp_path):
+    """On a new machine the saved checkpoint path is gone: the same name is the same file."""
+    from xtalloop.benchmark.campaign import _same
+
+    here = tmp_path / "work" / "base.pt"
+    here.parent.mkdir()
+    here.write_bytes(b"x")
+    assert _same("checkpoint", "/gone/elsewhere/base.pt", str(here))
+    assert not _same("checkpoint", "/gone/elsewhere/other.pt", str(here))
+    assert not _same("checkpoint", str(tmp_path / "other.pt"), str(here))  # gone: by name
+    (tmp_path / "other.pt").write_bytes(b"y")  # both present: the paths decide
+    assert not _same("checkpoint", str(tmp_path / "other.pt"), str(here))
+    assert _same("budget", 50, 50) and not _same("budget", 50, 40)
+
+
+def test_restore_refuses_a_state_that_is_not_one(tmp_path):
+    with pytest.raises(DataError, match="not a saved campaign state"):
+        restore_state(tmp_path, tmp_path / "work")
+    with pytest.raises(DataError, match="no campaign"):
+        save_state(tmp_path, tmp_path / "state")

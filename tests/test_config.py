@@ -58,7 +58,9 @@ def test_cluster_vasp_config_builds_the_vasp_maker():
         ("compositions: [NaCl]\ngenerate: {sources: [{kind: magic}]}\n", "generate.sources[0]"),
         ("compositions: [NaCl]\ngenerate: {sources: [{n: 3, colour: red}]}\n",
          "generate.sources[0].colour: unknown key"),
-        ("compositions: [NaCl]\nprefilter: {model: /nowhere/m.model}\n", "does not exist"),
+        ("compositions: [NaCl]\nprefilter: {model: /nowhere/m.mace.json}\n", "does not exist"),
+        ("compositions: [NaCl]\nprefilter: {model: /nowhere/m.model}\n",
+         "a pickled MACE model, which can run code"),
         ("name: x\n", "compositions: required key is missing"),
         ("compositions: [NaCl\n", "not valid YAML"),
         ("- NaCl\n", "expected a mapping"),
@@ -84,6 +86,19 @@ def test_defaults_fill_everything_but_the_compositions(tmp_path):
     assert config.prefilter.model == "chgnet"
     assert config.dft.code == "gpaw"
     assert config.store.backend == "embedded"
+
+
+def test_a_fine_tuned_chgnet_is_a_model_setting(tmp_path):
+    """What `learn` writes (NAME.chgnet.json, or its folder) is what a prefilter may name."""
+    folder = tmp_path / "chgnet-1"
+    folder.mkdir()
+    (folder / "chgnet-1.chgnet.json").write_text("{}")
+    for spec in (folder, folder / "chgnet-1.chgnet.json"):
+        text = f"compositions: [GaN]\nprefilter: {{model: {spec}}}\n"
+        config = load_config(write(tmp_path, text))
+        assert config.prefilter.model == str(spec)
+    with pytest.raises(ConfigError, match="fine-tuned CHGNet .* does not exist"):
+        load_config(write(tmp_path, "compositions: [GaN]\nprefilter: {model: /no/x.chgnet.json}\n"))
 
 
 def test_yaml_booleans_and_accepted_devices_and_a_good_reference_table(tmp_path):

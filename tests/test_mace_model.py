@@ -77,30 +77,29 @@ def perturbed(model, seed: int):
 def model_files(tmp_path_factory) -> dict[str, Path]:
     """One model file, and a directory holding a three-member ensemble.
 
-    The pickled ``.model`` files (mace's format, the reference calculator's
-    input) are written here, so they go on the tests' trust list; ``native``
-    is the same single model in xtalloop's own format.
+    ``single`` and ``ensemble`` are in xtalloop's native format (what it
+    loads); ``pickle`` and ``pickle_ensemble`` are the same models as
+    ``.model`` pickles, mace's format, which only mace's own reference
+    calculator reads here (xtalloop refuses them).
     """
     import torch
 
     from xtalloop.models.mace_format import save_native
-    from xtalloop.models.trust import add_files
 
     root = tmp_path_factory.mktemp("mace")
-    single = root / "tiny.model"
+    pickled = root / "tiny.model"
     model = tiny_mace(0)
-    torch.save(model, single)
+    torch.save(model, pickled)
+    pickle_ensemble = root / "pickle_ensemble"
+    pickle_ensemble.mkdir()
     ensemble = root / "ensemble"
-    ensemble.mkdir()
-    native_ensemble = root / "native_ensemble"
     for seed in (1, 2, 3):
         member = perturbed(model, seed)
-        torch.save(member, ensemble / f"member{seed}.model")
-        save_native(member, native_ensemble / f"member{seed}.mace.json")
-    add_files([single, *ensemble.glob("*.model")], source="written by tests")
-    native = save_native(model, root / "tiny.mace.json")
-    return {"single": single, "ensemble": ensemble, "native": native,
-            "native_ensemble": native_ensemble}
+        torch.save(member, pickle_ensemble / f"member{seed}.model")
+        save_native(member, ensemble / f"member{seed}.mace.json")
+    single = save_native(model, root / "tiny.mace.json")
+    return {"single": single, "ensemble": ensemble, "pickle": pickled,
+            "pickle_ensemble": pickle_ensemble}
 
 
 def mace_calculator(path: Path):
@@ -150,10 +149,10 @@ def test_one_batch_matches_mace_calculator_one_at_a_time(model_files):
     model = MaceModel([model_files["single"]])
     cells = structures()
     predictions = model.predict(cells)
-    assert_matches_calculator(predictions, cells, mace_calculator(model_files["single"]))
+    assert_matches_calculator(predictions, cells, mace_calculator(model_files["pickle"]))
     assert all(p.energy_std is None for p in predictions)
     assert model.name == "mace"
-    assert model.version.startswith("tiny.model sha256:")
+    assert model.version.startswith("tiny.mace.json sha256:")
     assert model.predict([]) == []
 
 
@@ -178,20 +177,21 @@ def test_small_batches_give_the_same_results(model_files, monkeypatch):
 
 
 def test_ensemble_directory_averages_members_and_reports_spread(model_files):
-    members = sorted(model_files["ensemble"].glob("*.model"))
+    members = sorted(model_files["ensemble"].glob("*.mace.json"))
     model = load_energy_model(str(model_files["ensemble"]))
     assert isinstance(model, MaceModel)
     assert model.name == "mace-ensemble"
     assert all(m.name in model.version for m in members)
     cells = structures()
     predictions = model.predict(cells)
-    calculators = [mace_calculator(m) for m in members]
+    calculators = [mace_calculator(m) for m in sorted(
+        model_files["pickle_ensemble"].glob("*.model"))]
     for pred, atoms in zip(predictions, cells, strict=True):
         energies = [reference(atoms, calculator)[0] for calculator in calculators]
         assert pred.energy == pytest.approx(np.mean(energies), abs=1e-6)
         assert pred.energy_std == pytest.approx(np.std(energies), abs=1e-6)
         assert pred.energy_std > 0
-    committee = mace_calculator(model_files["ensemble"] / "*.model")  # mace globs the path
+    committee = mace_calculator(model_files["pickle_ensemble"] / "*.model")  # mace globs it
     assert_matches_calculator(predictions, cells, committee)
 
 
@@ -200,7 +200,7 @@ def test_batched_relaxation_matches_ase_fire_with_mace_calculator(model_files):
     batched = BatchRelaxer(
         MaceModel([model_files["single"]]), fmax=0.05, steps=100, progress=False
     ).relax(cells)
-    calculator = mace_calculator(model_files["single"])
+    calculator = mace_calculator(model_files["pickle"])
     for atoms, result in zip(cells, batched, strict=True):
         alone = atoms.copy()
         alone.calc = calculator
@@ -219,43 +219,34 @@ def test_load_energy_model_reads_a_single_model_file(model_files):
 
 def test_unknown_element_names_element_and_model(model_files):
     model = MaceModel([model_files["single"]])
-    with pytest.raises(XtalloopError, match=r"tiny\.model.*Fe") as err:
+    with pytest.raises(XtalloopError, match=r"tiny\.mace\.json.*Fe") as err:
         model.predict([bulk("NaCl", "rocksalt", a=5.6), bulk("Fe", "bcc", a=2.87)])
     assert "\n" not in str(err.value)
 
 
-def test_native_format_gives_the_pickled_models_predictions(model_files):
-    cells = structures()
-    pickled = MaceModel([model_files["single"]]).predict(cells)
-    native = load_energy_model(str(model_files["native"]))
-    assert isinstance(native, MaceModel) and native.paths == [model_files["native"]]
-    for p, n in zip(pickled, native.predict(cells), strict=True):
-        assert n.energy == p.energy
-        assert np.array_equal(n.forces, p.forces) and np.array_equal(n.stress, p.stress)
-    pickled_ensemble = load_energy_model(str(model_files["ensemble"])).predict(cells)
-    native_ensemble = load_energy_model(str(model_files["native_ensemble"]))
-    assert [m.name for m in native_ensemble.paths] == [
+def test_pickled_models_are_refused_even_if_trusted(model_files):
+    """mace's own .model files are pickles: xtalloop never unpickles one (README, trust)."""
+    from xtalloop.models.trust import add_files
+
+    add_files([model_files["pickle"], *model_files["pickle_ensemble"].glob("*.model")])
+    for spec in (model_files["pickle"], model_files["pickle_ensemble"]):
+        with pytest.raises(XtalloopError, match="a pickled MACE model.*native format") as err:
+            load_energy_model(str(spec))
+        assert "\n" not in str(err.value)
+    native = load_energy_model(str(model_files["ensemble"]))
+    assert [m.name for m in native.paths] == [
         "member1.mace.json", "member2.mace.json", "member3.mace.json"]
-    for p, n in zip(pickled_ensemble, native_ensemble.predict(cells), strict=True):
-        assert n.energy == pytest.approx(p.energy, abs=1e-12)
-        assert n.energy_std == pytest.approx(p.energy_std, abs=1e-12)
 
 
 def test_missing_or_invalid_files_are_reported_in_one_line(tmp_path):
-    from xtalloop.models.trust import add_files
-
-    not_a_model = tmp_path / "junk.model"
+    not_a_model = tmp_path / "junk.mace.json"
     not_a_model.write_text("not a model")
-    trusted_junk = tmp_path / "trusted.model"
-    trusted_junk.write_text("trusted, but not a model")
-    add_files([trusted_junk])
     empty = tmp_path / "empty"
     empty.mkdir()
     for spec, message in [
-        (tmp_path / "missing.model", "not found"),
+        (tmp_path / "missing.model", "a pickled MACE model"),
         (tmp_path / "missing.mace.json", "not found"),
-        (not_a_model, r"not on this machine's trust list.*xtalloop model trust .*junk\.model"),
-        (trusted_junk, "not a MACE model"),
+        (not_a_model, "junk.mace.json"),
         (empty, "no MACE"),
     ]:
         with pytest.raises(XtalloopError, match=message) as err:
@@ -294,7 +285,7 @@ def test_molecules_and_single_atoms_in_a_batch_match_mace_calculator(model_files
     atom_in_box = Atoms("Na", positions=[[1, 1, 1]], cell=[12, 12, 12], pbc=True)
     cells = [structures()[0], molecule, atom_in_box]
     predictions = MaceModel([model_files["single"]]).predict(cells)
-    calculator = mace_calculator(model_files["single"])
+    calculator = mace_calculator(model_files["pickle"])
     for atoms, pred in zip(cells, predictions, strict=True):
         atoms = atoms.copy()
         atoms.calc = calculator

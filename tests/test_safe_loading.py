@@ -5,8 +5,8 @@ unpickled (a real attack would run a shell command). Every entry point must
 refuse the file in one clear line and leave no marker: diffusion checkpoints
 (the loader, the ``generator sample``/``finetune`` and ``benchmark csp``
 commands, a run config's diffusion source, the loop's generator fine-tuning)
-and energy models (a MACE ``.model`` path, the native format's weights and
-description, fine-tuning parents, and registry models whose stored files an
+and energy models (a MACE ``.model`` path, refused even when trusted, the
+native format's weights and description, fine-tuning parents, and registry models whose stored files an
 attacker with write access to the store replaced).
 """
 
@@ -149,13 +149,13 @@ def test_config_with_a_diffusion_source_refuses_at_load(evil, marker, tmp_path):
     path.write_text(missing)
     with pytest.raises(ConfigError, match="none.pt: checkpoint not found"):
         load_config(path)
-    # a pickled MACE prefilter model is refused at load too, unless trusted
+    # a pickled MACE prefilter model is refused at load too, trusted or not
     path.write_text(yaml.safe_dump({
         "name": "evil", "compositions": ["NaCl"], "prefilter": {"model": str(evil["model"])},
         "store": {"path": str(tmp_path / "store")}}))
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert "prefilter.model" in one_line(err.value, f"xtalloop model trust {evil['model']}")
+    assert "prefilter.model" in one_line(err.value, evil["model"], "a pickled MACE model")
     assert not marker.exists()
 
 
@@ -173,12 +173,15 @@ def test_loop_generator_fine_tuning_refuses(evil, marker, store_config):
 def test_energy_model_files_refuse(evil, marker, tmp_path):
     from xtalloop.learn.mace_training import MaceTrainer
 
-    with pytest.raises(UntrustedModelError) as err:
+    from xtalloop.models.trust import add_files
+
+    add_files([evil["model"]])  # even a file the user vouched for is never unpickled
+    with pytest.raises(XtalloopError) as err:
         load_energy_model(str(evil["model"]))
-    assert f"xtalloop model trust {evil['model']}" in one_line(err.value, evil["model"])
+    one_line(err.value, evil["model"], "a pickled MACE model", "native format")
     folder = evil["model"].parent
-    with pytest.raises(UntrustedModelError):
-        load_energy_model(str(folder))  # a folder of .model files: each needs trust
+    with pytest.raises(XtalloopError, match="a pickled MACE model"):
+        load_energy_model(str(folder))  # a folder of .model files
     # the native format: weights are read weights-only, even for a trusted file
     description = native_description(evil["weights"])
     with pytest.raises(XtalloopError, match="not plain tensors") as err:
@@ -190,9 +193,9 @@ def test_energy_model_files_refuse(evil, marker, tmp_path):
     with pytest.raises(XtalloopError, match="gate 'posix.system' is not one of mace's") as err:
         load_energy_model(str(native_description(plain, gate="posix.system")))
     one_line(err.value)
-    # fine-tuning from an untrusted pickle: refused before any training process starts
+    # fine-tuning from a pickle: refused before any training process starts
     frames = _two_frames()
-    with pytest.raises(UntrustedModelError, match="to fine-tune from it"):
+    with pytest.raises(XtalloopError, match="a pickled MACE model"):
         MaceTrainer(epochs=1).train(frames, tmp_path / "ft", parent=evil["model"])
     assert not marker.exists()
 
@@ -266,18 +269,23 @@ def test_registry_model_replaced_in_the_store_is_refused(evil, marker, store_con
 
 def test_model_trust_command_trusts_contents_not_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("XTALLOOP_TRUST", str(tmp_path / "trusted.json"))
-    mine = tmp_path / "mine.model"
-    mine.write_bytes(b"not really a pickle")
-    with pytest.raises(UntrustedModelError):
-        load_energy_model(str(mine))
+    from xtalloop.models.trust import is_trusted
+    from xtalloop.models.mace_format import sha256
+
+    mine = tmp_path / "mine.mace.json"
+    mine.write_text("{}")
     result = CliRunner().invoke(app, ["model", "trust", str(mine)])
     assert result.exit_code == 0, result.output
     assert f"trusted {mine}" in result.output and str(tmp_path / "trusted.json") in result.output
-    with pytest.raises(XtalloopError, match="is not a MACE model file"):
-        load_energy_model(str(mine))  # trusted now: it is read (and found not to be a model)
-    mine.write_bytes(b"changed after it was trusted")
-    with pytest.raises(UntrustedModelError):
-        load_energy_model(str(mine))
+    assert is_trusted(sha256(mine))
+    mine.write_text('{"changed": "after it was trusted"}')
+    assert not is_trusted(sha256(mine))  # the digest is trusted, not the path
+    pickled = tmp_path / "mine.model"
+    pickled.write_bytes(b"a pickle")
+    result = CliRunner().invoke(app, ["model", "trust", str(pickled)])
+    assert result.exit_code == 2  # trusting a pickle would change nothing: refused
+    one_line(result.stderr.strip(), "a pickled MACE model")
+    assert not is_trusted(sha256(pickled))
     result = CliRunner().invoke(app, ["model", "trust", "no/such/file"])
     assert result.exit_code == 2
     one_line(result.stderr.strip(), "no such file or folder")

@@ -132,13 +132,22 @@ def promote(
 def _model_files(path: Path) -> list[Path]:
     """The files ``xtalloop model trust PATH`` vouches for: a file, or a folder's models."""
     from xtalloop.errors import DataError
-    from xtalloop.models.mace_format import SUFFIX, is_native, weights_path
+    from xtalloop.models.mace_format import (
+        PICKLE_SUFFIXES,
+        SUFFIX,
+        is_native,
+        pickle_refused,
+        weights_path,
+    )
 
     if path.is_dir():
-        files = sorted({*path.glob(f"*{SUFFIX}"), *path.glob("*.mace.pt"), *path.glob("*.model")})
+        files = sorted({*path.glob(f"*{SUFFIX}"), *path.glob("*.mace.pt"),
+                        *path.glob("*.chgnet.json"), *path.glob("*.chgnet.pt")})
         if not files:
-            raise DataError(f"{path}: no model files (*{SUFFIX}, *.mace.pt, *.model) in it")
+            raise DataError(f"{path}: no model files (*{SUFFIX}, *.mace.pt, *.chgnet.json) in it")
         return files
+    if path.suffix in PICKLE_SUFFIXES and not is_native(path):
+        raise pickle_refused(path)  # trusting it would change nothing: it is never unpickled
     return [path, weights_path(path)] if is_native(path) and weights_path(path).is_file() \
         else [path]
 
@@ -153,11 +162,11 @@ def trust(
     database: str = typer.Option("xtalloop", help=DATABASE_HELP),
     password_env: str | None = typer.Option(None, help=PASSWORD_ENV_HELP),
 ) -> None:
-    """Put a model on this machine's trust list (a .model file is a pickle: it can run code).
+    """Put a model on this machine's trust list, so a registry model from a shared store is used.
 
-    Models trained on this machine are trusted already. A plain MACE
-    ``.model`` file (e.g. a downloaded foundation model) and a registry model
-    from a shared store are used only after this command.
+    Models trained on this machine are trusted already; a registry model
+    that someone else wrote to a shared store is fetched only after this
+    command. Pickled MACE ``.model`` files are never loaded, trusted or not.
     """
     import re
 

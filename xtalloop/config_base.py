@@ -25,21 +25,22 @@ def _check_model_spec(value: str, registry: bool) -> str:
     except XtalloopError as exc:  # an unknown variant, a package not installed
         raise ValueError(str(exc)) from None
     path = Path(value).expanduser()
-    if path.is_dir() and (any(path.glob("*.mace.json")) or any(path.glob("*.model"))):
+    from xtalloop.models.mace_format import PICKLE_SUFFIXES, pickle_refused
+
+    if path.is_dir() and any(path.glob("*.mace.json")):
         return value  # an ensemble: one MACE model file per member
-    if not value.endswith((".model", ".mace.json")):
+    if value.endswith(".chgnet.json") or (path.is_dir() and any(path.glob("*.chgnet.json"))):
+        if not path.exists():  # a fine-tuned CHGNet (xtalloop.learn.chgnet_finetune)
+            raise ValueError(f"fine-tuned CHGNet {value!r} does not exist")
+        return value
+    if value.endswith(PICKLE_SUFFIXES) or (path.is_dir() and any(path.glob("*.model"))):
+        raise ValueError(str(pickle_refused(value)))  # found now, not inside a job
+    if not value.endswith(".mace.json"):
         also = "'registry', " if registry else ""
         names = ", ".join(repr(n) for n in NAMES)
         raise ValueError(f"unknown model {value!r}: use {names}, 'emt', {also}a MACE model "
-                         "file (.mace.json, or a trusted .model) or a folder of them "
-                         "(an ensemble)")
+                         "file (.mace.json) or a folder of them (an ensemble), or a "
+                         "fine-tuned CHGNet (.chgnet.json)")
     if not path.is_file():
         raise ValueError(f"MACE model file {value!r} does not exist")
-    if value.endswith(".model"):  # a pickle: found untrusted now, not inside a job
-        from xtalloop.models.mace_format import sha256
-        from xtalloop.models.trust import how_to_trust, is_trusted
-
-        if not is_trusted(sha256(path)):
-            raise ValueError(f"{value} is a pickle not on this machine's trust list; if you "
-                             f"trust its source run `{how_to_trust(value)}`")
     return value

@@ -272,8 +272,7 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
     if saved.is_file():
         previous = json.loads(saved.read_text())
         was = {**BEFORE_SETTING, **previous["settings"]}
-        changed = sorted(k for k in chosen if _comparable(k, was.get(k))
-                         != _comparable(k, chosen[k]))
+        changed = sorted(k for k in chosen if not _same(k, was.get(k), chosen[k]))
         if changed:
             raise ConfigError(f"{out} holds a campaign with other settings "
                               f"({', '.join(changed)}): use another --out")
@@ -303,16 +302,23 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
     return results
 
 
-def _comparable(key: str, value: Any) -> Any:
-    """A saved setting as compared on resume: paths resolved, so the same campaign
-    resumes from another checkout or working directory."""
+def _same(key: str, saved: Any, chosen: Any) -> bool:
+    """Whether a saved setting equals the one chosen now, as compared on resume.
+
+    Paths are resolved, so the same campaign resumes from another checkout or
+    working directory; a checkpoint whose saved path is gone (the campaign was
+    restored on another machine, :mod:`xtalloop.benchmark.campaign_state`) is
+    compared by file name.
+    """
     import os
 
-    if key == "data" and value is not None:
-        return [os.path.realpath(p) for p in value]
-    if key == "checkpoint" and value:
-        return os.path.realpath(value)
-    return value
+    if key == "data" and saved is not None and chosen is not None:
+        return [os.path.realpath(p) for p in saved] == [os.path.realpath(p) for p in chosen]
+    if key == "checkpoint" and saved and chosen:
+        if not os.path.exists(saved):
+            return os.path.basename(saved) == os.path.basename(chosen)
+        return os.path.realpath(saved) == os.path.realpath(chosen)
+    return saved == chosen
 
 
 def _slug(spec: str) -> str:

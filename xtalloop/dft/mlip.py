@@ -46,8 +46,7 @@ def _identity(spec: str, mtime_ns: int) -> dict[str, Any]:
     if pretrained is not None:  # its weights are those of its pinned package version
         return {"name": pretrained, "version": pretrained_version(pretrained), "digest": None}
     path = Path(key).expanduser()
-    members = ((sorted(path.glob(f"*{SUFFIX}")) or sorted(path.glob("*.model")))
-               if path.is_dir() else [path])
+    members = sorted(path.glob(f"*{SUFFIX}")) if path.is_dir() else [path]
     try:
         mace = f"mace-torch {version('mace-torch')}"
     except PackageNotFoundError:

@@ -3,17 +3,15 @@
 Run by :class:`~xtalloop.learn.mace_training.MaceTrainer` as::
 
     python -m xtalloop.learn.mace_run --native OUT.mace.json \\
-        [--parent-native P.mace.json | --parent-model P.model --parent-sha256 HEX] \\
-        -- <mace_run_train arguments>
+        [--parent-native P.mace.json] -- <mace_run_train arguments>
 
 Every pickle this process reads, it wrote itself. mace's trainer only takes
 a pickled ``.model`` as ``--foundation_model`` and only writes one, and
 unpickling is the one step that can run code from a file; so the parent is
-built here (from a native description, or from a trusted ``.model``'s bytes
-after their sha256 is checked against the one the caller vouched for) and
-written to ``foundation.model`` for mace to read, and the ``.model`` mace
-writes is read back here, in the process that wrote it, and saved as the
-native pair (:mod:`xtalloop.models.mace_format`) that everything else loads.
+built here from its native description (no pickle involved) and written to
+``foundation.model`` for mace to read, and the ``.model`` mace writes is read
+back here, in the process that wrote it, and saved as the native pair
+(:mod:`xtalloop.models.mace_format`) that everything else loads.
 A separate process keeps mace's global settings (default dtype, torch's
 loading default, logging) out of the caller.
 """
@@ -21,24 +19,8 @@ loading default, logging) out of the caller.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import sys
 from pathlib import Path
-
-
-def _parent_module(args: argparse.Namespace):
-    import torch
-
-    from xtalloop.models.mace_format import load_native
-
-    if args.parent_native:
-        return load_native(args.parent_native)
-    data = Path(args.parent_model).read_bytes()
-    if hashlib.sha256(data).hexdigest() != args.parent_sha256:
-        raise SystemExit(f"{args.parent_model}: changed since it was checked against the "
-                         "trust list")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def _option(mace_args: list[str], name: str, default: str) -> str:
@@ -53,8 +35,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="xtalloop.learn.mace_run")
     parser.add_argument("--native", required=True)
     parser.add_argument("--parent-native")
-    parser.add_argument("--parent-model")
-    parser.add_argument("--parent-sha256")
     args = parser.parse_args(argv[:split])
     mace_args = argv[split + 1:]
 
@@ -62,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     work_dir = Path(_option(mace_args, "work_dir", "."))
-    if args.parent_native or args.parent_model:
+    if args.parent_native:
+        from xtalloop.models.mace_format import load_native
+
         foundation = work_dir / "foundation.model"
-        torch.save(_parent_module(args), foundation)
+        torch.save(load_native(args.parent_native), foundation)
         mace_args.append(f"--foundation_model={foundation}")
 
     from mace.cli import run_train
@@ -77,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     name = _option(mace_args, "name", "MACE_model")
     model_dir = Path(_option(mace_args, "model_dir", str(work_dir)))
     written = model_dir / f"{name}.model"  # torch.save by run_train.main() just above
+    # this process wrote it (run_train.main(), above): the one pickle it reads
     model = torch.load(written, map_location="cpu", weights_only=False)
     save_native(model, args.native)
 

@@ -37,8 +37,15 @@ from ase.io import write
 
 from xtalloop.errors import XtalloopError
 from xtalloop.learn.dataset import groups
-from xtalloop.models.mace_format import SUFFIX, is_native, read_description, sha256, weights_path
-from xtalloop.models.trust import UntrustedModelError, add_files, how_to_trust, is_trusted
+from xtalloop.models.mace_format import (
+    PICKLE_SUFFIXES,
+    SUFFIX,
+    is_native,
+    pickle_refused,
+    read_description,
+    weights_path,
+)
+from xtalloop.models.trust import add_files
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +100,8 @@ class MaceTrainer:
               e0s: dict[int, float] | None = None) -> Path:
         """Train one model on ``frames``; returns its native ``<name>.mace.json`` file.
 
-        mace's own ``<name>.model`` pickle stays in ``workdir`` (on the trust
-        list too, for mace's tools).
+        mace's own ``<name>.model`` pickle stays in ``workdir`` for mace's
+        tools; xtalloop never reads it.
 
         Parameters
         ----------
@@ -106,8 +113,8 @@ class MaceTrainer:
         seed
             mace's random seed.
         parent
-            A MACE model to fine-tune (a native ``.mace.json``, or a ``.model``
-            on the trust list); ``None`` trains from scratch.
+            A native MACE model (``.mace.json``) to fine-tune; ``None`` trains
+            from scratch.
         name
             Name of the model file.
         e0s
@@ -164,8 +171,8 @@ class MaceTrainer:
             raise XtalloopError(f"MACE training failed: {lines[-1] if lines else '?'} "
                                 f"(see {workdir})")
         # trained on this machine: trusted here (the registry fetches it back only if so)
-        add_files([p for p in (native, weights_path(native), workdir / f"{name}.model")
-                   if p.is_file()], source=f"trained here: {native}")
+        add_files([p for p in (native, weights_path(native)) if p.is_file()],
+                  source=f"trained here: {native}")
         logger.info("trained %s on %d frames in %.0f s", native, len(frames),
                     time.perf_counter() - start)
         return native
@@ -211,25 +218,19 @@ class MaceTrainer:
 
 
 def _parent_arguments(parent: Path | None) -> list[str]:
-    """How :mod:`xtalloop.learn.mace_run` gets the model to fine-tune.
+    """How :mod:`xtalloop.learn.mace_run` gets the model to fine-tune: a native description.
 
-    A native description is passed as is; a ``.model`` pickle only with the
-    sha256 it had when checked against the trust list here, so that the
-    training process unpickles exactly the bytes the user trusted.
+    A pickled ``.model`` is refused (:func:`~xtalloop.models.mace_format.pickle_refused`).
     """
     if parent is None:
         return []
     parent = Path(parent)
-    if is_native(parent):
-        read_description(parent)  # a damaged parent fails here, in one line
-        return [f"--parent-native={parent.resolve()}"]
-    if not parent.is_file():
-        raise XtalloopError(f"MACE model file not found: {parent}")
-    digest = sha256(parent)
-    if not is_trusted(digest):
-        raise UntrustedModelError(f"{parent}: not on this machine's trust list; to fine-tune "
-                                  f"from it run `{how_to_trust(parent)}`")
-    return [f"--parent-model={parent.resolve()}", f"--parent-sha256={digest}"]
+    if not is_native(parent):
+        if parent.suffix in PICKLE_SUFFIXES:
+            raise pickle_refused(parent)
+        raise XtalloopError(f"{parent}: not a MACE model file (expected *{SUFFIX})")
+    read_description(parent)  # a damaged or missing parent fails here, in one line
+    return [f"--parent-native={parent.resolve()}"]
 
 
 def fit_e0s(frames: list[Atoms]) -> dict[int, float]:

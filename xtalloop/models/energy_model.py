@@ -194,11 +194,11 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
         (pretrained, weights in their wheels; see :mod:`xtalloop.models.pretrained`),
         ``"emt"`` (ASE's effective-medium
         theory, for tests), a path to a MACE model file, or a directory whose
-        model files form a MACE ensemble. xtalloop's native ``*.mace.json``
-        files (a description plus weights-only state dict) load safely; a
-        pickled ``*.model`` file loads only if its sha256 is on the local
-        trust list (``xtalloop model trust PATH``), since unpickling it can
-        run code. A directory's ``*.mace.json`` files are used if it has any.
+        model files form a MACE ensemble. MACE models are read in xtalloop's
+        native format only (``*.mace.json``: a description plus a
+        weights-only state dict), which loads without running code; a pickled
+        ``*.model`` file is refused (README, "Model files and trust", says
+        how to convert one you trust).
     device
         Torch device for neural-network models.
     dtype
@@ -210,12 +210,12 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
     ------
     XtalloopError
         If the name is unknown, a pretrained model's package is not installed,
-        a model file is missing, untrusted or not a
+        a model file is missing, a pickle or not a
         MACE model, or the directory holds no model file.
     """
     from xtalloop.learn.chgnet_finetune import SUFFIX as CHGNET_SUFFIX
     from xtalloop.learn.chgnet_finetune import is_finetuned_chgnet, load_finetuned
-    from xtalloop.models.mace_format import SUFFIX, is_native
+    from xtalloop.models.mace_format import PICKLE_SUFFIXES, SUFFIX, is_native, pickle_refused
     from xtalloop.models.mace_model import MaceModel
     from xtalloop.models.pretrained import NAMES, canonical_name, load_pretrained
 
@@ -236,14 +236,19 @@ def load_energy_model(spec: str, device: str = "cpu", dtype: str = "float64") ->
                                 "name one file")
         return load_finetuned(finetuned[0], device)
     if path.is_dir():
-        members = sorted(path.glob(f"*{SUFFIX}")) or sorted(path.glob("*.model"))
+        members = sorted(path.glob(f"*{SUFFIX}"))
+        pickles = sorted(path.glob("*.model"))
+        if not members and pickles:
+            raise pickle_refused(pickles[0])
         if not members:
-            raise XtalloopError(f"no MACE model files (*{SUFFIX} or *.model) in directory {path}")
+            raise XtalloopError(f"no MACE model files (*{SUFFIX}) in directory {path}")
         return MaceModel(members, device=device, dtype=dtype)
-    if is_native(path) or path.suffix in {".model", ".pt", ".pth"}:
+    if is_native(path):
         return MaceModel([path], device=device, dtype=dtype)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise pickle_refused(path)
     raise XtalloopError(
         f"unknown energy model {spec!r}: use {', '.join(repr(n) for n in NAMES)}, 'emt', "
-        f"a MACE model file (*{SUFFIX}, or a trusted .model) or a directory of them, "
+        f"a MACE model file (*{SUFFIX}) or a directory of them, "
         f"or a fine-tuned CHGNet (*{CHGNET_SUFFIX})"
     )

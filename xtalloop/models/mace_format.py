@@ -52,6 +52,26 @@ class ModelFormatError(XtalloopError, ValueError):
     """A native model file that is missing, damaged or describes something we do not build."""
 
 
+#: Suffixes of pickled MACE models (``mace_run_train``'s ``.model``, ``torch.save`` files).
+PICKLE_SUFFIXES = (".model", ".pt", ".pth")
+
+
+def pickle_refused(path: str | Path) -> XtalloopError:
+    """The one-line error for a pickled MACE model: xtalloop never unpickles one.
+
+    Unpickling runs whatever code the file names (e3nn's generated modules
+    need exactly that), and xtalloop only unpickles files its own process
+    wrote. A user who trusts a ``.model`` (a local MACE-MP-0, say) converts it
+    once, in a Python session of their own, to this native format (README,
+    "Model files and trust"); from then on it loads without running code.
+    """
+    stem = Path(path).name.rsplit(".", 1)[0]
+    return XtalloopError(
+        f"{path}: a pickled MACE model, which can run code when loaded; xtalloop reads MACE "
+        f"models only in its native format ({stem}{SUFFIX} + {stem}.mace.pt): if you trust "
+        "the file, convert it once with save_native (README, 'Model files and trust')")
+
+
 def is_native(path: str | Path) -> bool:
     """Whether ``path`` names a native description file (``*.mace.json``)."""
     return str(path).endswith(SUFFIX)

@@ -11,7 +11,6 @@ spread of their energies is reported as :attr:`Prediction.energy_std`.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,10 +33,10 @@ class MaceModel(EnergyModel):
     Parameters
     ----------
     paths
-        MACE model files: xtalloop's native ``*.mace.json`` descriptions (see
-        :mod:`xtalloop.models.mace_format`), or ``.model`` pickles as
-        ``mace_run_train`` writes them, loaded only when on the local trust
-        list (:mod:`xtalloop.models.trust`). More than one makes an ensemble;
+        MACE model files in xtalloop's native format (``*.mace.json``
+        descriptions plus weights-only state dicts, see
+        :mod:`xtalloop.models.mace_format`); a pickled ``.model`` is refused,
+        since unpickling it can run code. More than one makes an ensemble;
         its members must share the cutoff radius and the element table.
     device
         Torch device (``"cpu"`` or ``"cuda"``).
@@ -53,7 +52,7 @@ class MaceModel(EnergyModel):
     Raises
     ------
     XtalloopError
-        If no file is given, a file is missing, untrusted or not a MACE model, the
+        If no file is given, a file is missing, a pickle or not a MACE model, the
         members of an ensemble disagree on cutoff or elements, or a model has
         several heads and none named ``default``.
     """
@@ -197,18 +196,21 @@ class MaceModel(EnergyModel):
 
 
 def _load(path: Path, device: str, dtype: str = "float64") -> torch.nn.Module:
-    """Read one MACE model file as a ``dtype`` model in evaluation mode.
+    """Read one native MACE model (``*.mace.json``) as a ``dtype`` model in evaluation mode.
 
-    A native description (``*.mace.json``) is rebuilt in code and its weights
-    read weights-only (:mod:`xtalloop.models.mace_format`); a pickled
-    ``.model`` file is unpickled only if its sha256 is on the local trust list
-    (:mod:`xtalloop.models.trust`), from the very bytes that were checked.
+    The module is rebuilt in code and its weights read weights-only
+    (:mod:`xtalloop.models.mace_format`); a pickled ``.model`` is refused in
+    one line, before a byte of it is read.
     """
     import torch
 
-    from xtalloop.models.mace_format import is_native, load_native
+    from xtalloop.models.mace_format import PICKLE_SUFFIXES, is_native, load_native, pickle_refused
 
-    model = load_native(path, device) if is_native(path) else _load_trusted_pickle(path, device)
+    if not is_native(path):
+        if path.suffix in PICKLE_SUFFIXES:
+            raise pickle_refused(path)
+        raise XtalloopError(f"{path} is not a MACE model file (expected *.mace.json)")
+    model = load_native(path, device)
     if not (
         isinstance(model, torch.nn.Module)
         and hasattr(model, "r_max")
@@ -219,32 +221,6 @@ def _load(path: Path, device: str, dtype: str = "float64") -> torch.nn.Module:
     for param in model.parameters():
         param.requires_grad = False  # forces and stress need gradients wrt inputs only
     return model
-
-
-def _load_trusted_pickle(path: Path, device: str) -> torch.nn.Module:
-    """Unpickle a ``.model`` file the user has put on the trust list; refuse any other."""
-    import io
-
-    import mace  # noqa: F401  (mace's modules must be importable for the pickle)
-    import torch
-
-    from xtalloop.models.trust import UntrustedModelError, how_to_trust, is_trusted
-
-    if not path.is_file():
-        raise XtalloopError(f"MACE model file not found: {path}")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if not is_trusted(digest):
-        raise UntrustedModelError(
-            f"{path}: not on this machine's trust list (sha256 {digest[:12]}); a .model file "
-            "is a pickle that can run code when loaded, so if you trust its source run "
-            f"`{how_to_trust(path)}`")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
-    except Exception as exc:  # torch.load raises many kinds for a non-model file
-        raise XtalloopError(f"{path} is not a MACE model file ({type(exc).__name__})") from exc
 
 
 def _shared_graph_settings(

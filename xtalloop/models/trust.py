@@ -1,13 +1,12 @@
 """The local trust list: sha256 digests of model files this user has vouched for.
 
-Two kinds of model file need it:
-
-* a plain MACE ``.model`` file (a pickled module, e.g. a downloaded MACE-MP-0):
-  unpickling runs whatever code the file names, so xtalloop loads one only if
-  its digest is on this list;
-* a model fetched from a results store: anyone who can write to a shared
-  MongoDB store could put a model there, so a registry model is used only if
-  the digests of its files are on this list.
+It guards models fetched from a results store: anyone who can write to a
+shared MongoDB store could put a model there, so a registry model is used
+only if the digests of its files are on this list. (Model files themselves
+never run code when loaded: xtalloop reads MACE and fine-tuned CHGNet models
+as JSON descriptions plus weights-only state dicts, and refuses pickled MACE
+``.model`` files outright, trusted or not; see
+:func:`xtalloop.models.mace_format.pickle_refused`.)
 
 Models trained on this machine are added when their training finishes;
 anything else is added by ``xtalloop model trust PATH_OR_ID``, after the user

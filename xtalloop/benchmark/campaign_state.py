@@ -1,0 +1,167 @@
+"""A campaign's working state as a few files that travel: save on one machine, restore on the next.
+
+The full campaign (400 targets, four arms) takes several times longer than
+one working session, and a session's machine does not outlive it. Its
+resumability (:func:`~xtalloop.benchmark.campaign.run_campaign` resumes every
+arm's loop from its store) only helps if the ``--work`` folder survives, so
+this module packs that folder into compressed archives that can be copied,
+or committed beside the campaign's results, and unpacks them into a fresh
+``--work`` folder, where the same campaign command then resumes.
+
+What is packed: the targets and cached known-structure energies (``common``),
+the base generator checkpoint when it lies in the folder, and per arm its
+store (jobs, validated structures, registered models), its run folders'
+small files and its scores. What is left out: files that the loop only reads
+back when a job is re-run from scratch, larger than :data:`MAX_FILE_BYTES`
+(trajectory copies, scratch), listed in the manifest so nothing is dropped
+silently.
+
+Save a campaign only while no arm writes to it (stopped, or paused with
+``kill -STOP``): the archive is then what a kill at that moment would have
+left, which the loop resumes from.
+
+Restoring unpacks with :mod:`tarfile`'s ``data`` filter (no absolute paths,
+no links out of the folder, no device files) and checks each archive's
+sha256 against the manifest first, so a damaged or altered archive gives one
+clear error instead of a half-restored campaign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xtalloop.errors import DataError
+
+#: Version of the manifest's layout.
+STATE_FORMAT = 1
+#: Files bigger than this are not packed (named in the manifest instead).
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MANIFEST = "manifest.json"
+COMMON = "common"
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The files of one part (``common`` or an arm), and those left out as too big."""
+    if part == COMMON:
+        files = [p for p in sorted(work.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    else:
+        files = sorted(p for p in (work / part).rglob("*") if p.is_file())
+    kept, skipped = [], []
+    for path in files:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            skipped.append({"path": str(path.relative_to(work)), "bytes": size})
+        else:
+            kept.append(path)
+    return kept, skipped
+
+
+def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = None,
+               note: str = "") -> dict[str, Any]:
+    """Pack ``work`` into ``dest`` (``common.tar.xz``, ``<arm>.tar.xz``, ``manifest.json``).
+
+    Parameters
+    ----------
+    work
+        A campaign's ``--work`` folder (holds ``targets.json``).
+    dest
+        Folder for the archives; archives of the same parts are replaced.
+    arms
+        Arms to pack (default: every arm folder in ``work``).
+    note
+        Free text kept in the manifest (which session, which rounds).
+
+    Returns
+    -------
+    dict
+        The manifest written.
+    """
+    work, dest = Path(work), Path(dest)
+    if not (work / "targets.json").is_file():
+        raise DataError(f"{work} holds no campaign (no targets.json)")
+    if arms is None:
+        arms = sorted(p.name for p in work.iterdir() if p.is_dir() and (p / "store").exists())
+    missing = [a for a in arms if not (work / a).is_dir()]
+    if missing:
+        raise DataError(f"{work} has no arm {missing[0]!r}")
+    dest.mkdir(parents=True, exist_ok=True)
+    old = dest / MANIFEST
+    manifest = json.loads(old.read_text()) if old.is_file() else {"parts": {}}
+    manifest.update({"format": STATE_FORMAT, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "note": note})
+    for part in (COMMON, *arms):
+        files, skipped = _members(work, part)
+        archive = dest / f"{part}.tar.xz"
+        partial = archive.with_name(f".{archive.name}.partial")
+        with tarfile.open(partial, "w:xz") as tar:
+            for path in files:
+                tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
+        partial.replace(archive)
+        manifest["parts"][part] = {
+            "archive": archive.name, "sha256": _digest(archive),
+            "bytes": archive.stat().st_size, "files": len(files),
+            "unpacked_bytes": sum(p.stat().st_size for p in files), "left_out": skipped}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None = None,
+                  replace: bool = False) -> list[str]:
+    """Unpack a saved state into ``work``; return the parts restored.
+
+    An arm whose folder already exists in ``work`` is refused unless
+    ``replace`` (its folder is then removed first): restoring over a live
+    store would mix two histories.
+
+    Raises
+    ------
+    DataError
+        No manifest, an unknown format, a missing or altered archive, or an
+        arm already present.
+    """
+    import shutil
+
+    src, work = Path(src), Path(work)
+    path = src / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{src}: no {MANIFEST}; not a saved campaign state")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != STATE_FORMAT:
+        raise DataError(f"{path}: state format {manifest.get('format')!r}, this xtalloop "
+                        f"reads {STATE_FORMAT}")
+    parts = manifest["parts"]
+    chosen = [p for p in parts if p != COMMON] if arms is None else list(arms)
+    unknown = [a for a in chosen if a not in parts]
+    if unknown:
+        raise DataError(f"{src} holds no arm {unknown[0]!r} (it has: "
+                        f"{', '.join(p for p in parts if p != COMMON)})")
+    for part in (COMMON, *chosen):  # check everything before unpacking anything
+        archive = src / parts[part]["archive"]
+        if not archive.is_file() or _digest(archive) != parts[part]["sha256"]:
+            raise DataError(f"{archive}: missing or not the archive the manifest names "
+                            "(sha256 differs)")
+    present = [a for a in chosen if (work / a).exists()]
+    if present and not replace:
+        raise DataError(f"{work / present[0]} exists: restore into an empty --work folder, "
+                        "or pass --replace to drop it")
+    work.mkdir(parents=True, exist_ok=True)
+    for arm in present:
+        shutil.rmtree(work / arm)
+    for part in (COMMON, *chosen):
+        with tarfile.open(src / parts[part]["archive"], "r:xz") as tar:
+            tar.extractall(work, filter="data")
+    return [COMMON, *chosen]
