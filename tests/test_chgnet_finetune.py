@@ -182,7 +182,7 @@ def test_replay_labels_are_the_parents_on_the_fine_tuned_energy_scale(finetuned,
     for anchored in (True, False):
         tuner = ChgnetFinetuner(epochs=1, batch_size=8, replay_neighbours=2, replay_library=2,
                                 replay_anchored=anchored)
-        replay, graphs = tuner._replay(frames, parent, offsets, seed=0)
+        replay, graphs = tuner._replay(frames, parent.predict(frames), parent, offsets, seed=0)
         assert replay and len(graphs) == len(replay)
         predicted = parent.predict(replay)
         n_anchored = 0
@@ -217,5 +217,5 @@ def test_a_replay_structure_with_absurd_parent_forces_is_left_out(finetuned, mon
     parent = load_energy_model("chgnet")
     assert np.abs(parent.predict([crammed])[0].forces).max() > 10  # the premise
     tuner = ChgnetFinetuner(epochs=1, replay_neighbours=1, replay_library=0)
-    replay, graphs = tuner._replay(frames, parent, {}, seed=0)
+    replay, graphs = tuner._replay(frames, parent.predict(frames), parent, {}, seed=0)
     assert replay == [sane] and len(graphs) == 1

@@ -145,11 +145,12 @@ class ChgnetFinetuner:
         torch.manual_seed(seed)
         parent = _pretrained(self.device)
         model = copy.deepcopy(parent.module)
-        offsets = _refit_offsets(model, parent, frames)
+        predicted = parent.predict(frames)  # the offsets and the replay anchors use them
+        offsets = _refit_offsets(model, predicted, frames)
         for pname, param in model.named_parameters():
             param.requires_grad = any(pname.startswith(p) for p in self.trainable)
         params = [p for p in model.parameters() if p.requires_grad]
-        replay, replay_graphs = self._replay(frames, parent, offsets, seed)
+        replay, replay_graphs = self._replay(frames, predicted, parent, offsets, seed)
         data = [(a, 1.0) for a in frames] + [(a, self.replay_weight) for a in replay]
         graphs = [model.graph_converter(_structure(a)) for a in frames] + replay_graphs
         energy = torch.tensor([a.get_potential_energy() / len(a) for a, _ in data])
@@ -210,8 +211,8 @@ class ChgnetFinetuner:
                     time.monotonic() - start, description)
         return description
 
-    def _replay(self, frames: list[Atoms], parent, offsets: dict[str, float],
-                seed: int) -> tuple[list[Atoms], list[Any]]:
+    def _replay(self, frames: list[Atoms], predicted: list[Any], parent,
+                offsets: dict[str, float], seed: int) -> tuple[list[Atoms], list[Any]]:
         """Replay structures labelled by ``parent`` on the fine-tuned energy scale, with
         their CHGNet graphs; the labels' forces are the parent's.
 
@@ -249,7 +250,7 @@ class ChgnetFinetuner:
                 continue
             kept.append(atoms)
             graphs.append(graph)
-        anchors = _anchors(frames, parent) if self.replay_anchored else {}
+        anchors = _anchors(frames, predicted) if self.replay_anchored else {}
         labelled, labelled_graphs = [], []
         for atoms, graph, pred in zip(kept, graphs, parent.predict(kept), strict=True):
             if not np.abs(pred.forces).max() <= REPLAY_MAX_FORCE:
@@ -286,29 +287,26 @@ def _pretrained(device: str):
     return load_energy_model("chgnet", device)
 
 
-def _anchors(frames: list[Atoms], parent) -> dict[str, tuple[float, float]]:
+def _anchors(frames: list[Atoms], predicted: list[Any]) -> dict[str, tuple[float, float]]:
     """Per reduced formula: the DFT energy per atom of its lowest frame and the parent's
-    energy per atom on that frame."""
-    lowest: dict[str, Atoms] = {}
-    for atoms in frames:
+    energy per atom on that frame (``predicted``: the parent's prediction of each frame)."""
+    lowest: dict[str, tuple[Atoms, Any]] = {}
+    for atoms, pred in zip(frames, predicted, strict=True):
         formula = atoms.get_chemical_formula(mode="hill", empirical=True)
         best = lowest.get(formula)
         if best is None or (atoms.get_potential_energy() / len(atoms)
-                            < best.get_potential_energy() / len(best)):
-            lowest[formula] = atoms
-    chosen = list(lowest.values())
-    predicted = parent.predict(chosen) if chosen else []
+                            < best[0].get_potential_energy() / len(best[0])):
+            lowest[formula] = (atoms, pred)
     return {formula: (a.get_potential_energy() / len(a), p.energy / len(a))
-            for formula, a, p in zip(lowest, chosen, predicted, strict=True)}
+            for formula, (a, p) in lowest.items()}
 
 
-def _refit_offsets(model, parent, frames: list[Atoms]) -> dict[str, float]:
+def _refit_offsets(model, predicted: list[Any], frames: list[Atoms]) -> dict[str, float]:
     """Shift ``model``'s per-element reference energies by the least-squares offsets of the
-    frames' energies from ``parent``'s (an energy model) predictions."""
+    frames' energies from the parent's predictions of them (``predicted``)."""
     import torch
     from pymatgen.core import Element
 
-    predicted = parent.predict(frames)
     elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     counts = np.array([[a.get_chemical_symbols().count(e) for e in elements] for a in frames],
                       float)
