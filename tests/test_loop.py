@@ -222,6 +222,45 @@ def test_a_killed_loop_resumes_without_losing_or_redoing_work(tmp_path, monkeypa
     assert unfinished_loop(config) is None
 
 
+def test_a_round_killed_after_spending_its_budget_resumes_with_nothing_to_validate(
+        tmp_path, monkeypatch):
+    """Killed while recording round 2, whose budget its one validation had spent: the
+    resumed round validates nothing more (the deferred composition stays deferred)."""
+    from jobflow import job
+
+    import xtalloop.workflows.loop as loop_module
+
+    original = loop_module.record_round
+    flag = tmp_path / "kill"
+    flag.touch()
+
+    @job
+    def killed_record(store, loop_id, round_index, *args, **kwargs):
+        if round_index == 2 and flag.exists():
+            raise KeyboardInterrupt
+        return original.original(store, loop_id, round_index, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "record_round", killed_record)
+    config = loop_config(tmp_path, {"schedule": [{"arities": [1]}, {"arities": [2]}],
+                                    "dft_budget_per_round": 1},
+                         compositions=("Cu", "CuAu", "CuAg"))
+    maker = EmtRelaxAsDftMaker(steps=30, relax_kwargs={"fmax": 0.05})
+    with pytest.raises(KeyboardInterrupt):
+        execute_loop(config, progress=False, relax_maker=maker)
+    loop_id = unfinished_loop(config)["id"]
+    with open_results(config.store) as db:
+        assert [r["formula"] for r in db.composition_results(f"{loop_id}-r2")] == ["CuAu"]
+
+    flag.unlink()
+    result = execute_loop(config, progress=False, relax_maker=maker)
+    assert result.status == "completed" and result.resumed_from == 2
+    second = result.rounds[1]
+    assert second["compositions"] == [] and second["deferred"] == ["CuAg"]
+    assert second["compositions_validated"] == ["CuAu"] and second["dft_calls"] == 1
+    with open_results(config.store) as db:
+        assert not db.find_validated(formula="CuAg")
+
+
 def test_generator_is_fine_tuned_between_rounds(tmp_path, one_torch_thread, monkeypatch):
     from xtalloop.generators.diffusion import (
         DiffusionConfig,
