@@ -238,6 +238,10 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
     with pytest.raises(DataError, match="sha256"):
         restore_state(tmp_path / "state", tmp_path / "work3")
     assert not (tmp_path / "work3").exists()  # checked before anything is unpacked
+    copy = tmp_path / "state" / "common" / "targets.json"
+    copy.write_text(copy.read_text().replace("Cu", "Ag"))
+    with pytest.raises(DataError, match="targets.json.*sha256"):
+        restore_state(tmp_path / "state", tmp_path / "work3", ["a"])
     # a campaign saved before a setting existed resumes as what it did then
     saved = tmp_path / "work" / "targets.json"
     before = json.loads(saved.read_text())

@@ -8,13 +8,13 @@ this module packs that folder into compressed archives that can be copied,
 or committed beside the campaign's results, and unpacks them into a fresh
 ``--work`` folder, where the same campaign command then resumes.
 
-What is packed: the targets and cached known-structure energies (``common``),
-the base generator checkpoint when it lies in the folder, and per arm its
-store (jobs, validated structures, registered models), its run folders'
-small files and its scores. What is left out: files that the loop only reads
-back when a job is re-run from scratch, larger than :data:`MAX_FILE_BYTES`
-(trajectory copies, scratch), listed in the manifest so nothing is dropped
-silently.
+What is saved: the folder's own files (the targets, cached known-structure
+energies, the base generator checkpoint when it lies there) as plain copies
+under ``common/``, so that a version control system stores an unchanged one
+once however often the state is saved; and per arm one ``<arm>.tar.xz`` of its
+store (jobs, validated structures, registered models), run folders and
+scores. Files larger than :data:`MAX_FILE_BYTES` are left out and named in
+the manifest, so nothing is dropped silently.
 
 Save a campaign only while no arm writes to it (stopped, or paused with
 ``kill -STOP``): the archive is then what a kill at that moment would have
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import time
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
 
 def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = None,
                note: str = "") -> dict[str, Any]:
-    """Pack ``work`` into ``dest`` (``common.tar.xz``, ``<arm>.tar.xz``, ``manifest.json``).
+    """Pack ``work`` into ``dest`` (``common/``, ``<arm>.tar.xz``, ``manifest.json``).
 
     Parameters
     ----------
@@ -105,16 +106,30 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
                      "note": note})
     for part in (COMMON, *arms):
         files, skipped = _members(work, part)
-        archive = dest / f"{part}.tar.xz"
-        partial = archive.with_name(f".{archive.name}.partial")
-        with tarfile.open(partial, "w:xz") as tar:
+        info = {"files": len(files), "unpacked_bytes": sum(p.stat().st_size for p in files),
+                "left_out": skipped}
+        if part == COMMON:
+            folder = dest / COMMON
+            folder.mkdir(exist_ok=True)
+            for stale in folder.iterdir():
+                if stale.name not in {p.name for p in files}:
+                    stale.unlink()
             for path in files:
-                tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
-        partial.replace(archive)
-        manifest["parts"][part] = {
-            "archive": archive.name, "sha256": _digest(archive),
-            "bytes": archive.stat().st_size, "files": len(files),
-            "unpacked_bytes": sum(p.stat().st_size for p in files), "left_out": skipped}
+                partial = folder / f".{path.name}.partial"
+                shutil.copyfile(path, partial)
+                partial.replace(folder / path.name)
+            info.update(copies={p.name: _digest(p) for p in files},
+                        bytes=info["unpacked_bytes"])
+        else:
+            archive = dest / f"{part}.tar.xz"
+            partial = archive.with_name(f".{archive.name}.partial")
+            with tarfile.open(partial, "w:xz") as tar:
+                for path in files:
+                    tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
+            partial.replace(archive)
+            info.update(archive=archive.name, sha256=_digest(archive),
+                        bytes=archive.stat().st_size)
+        manifest["parts"][part] = info
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -133,8 +148,6 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
         No manifest, an unknown format, a missing or altered archive, or an
         arm already present.
     """
-    import shutil
-
     src, work = Path(src), Path(work)
     path = src / MANIFEST
     if not path.is_file():
@@ -149,7 +162,12 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
     if unknown:
         raise DataError(f"{src} holds no arm {unknown[0]!r} (it has: "
                         f"{', '.join(p for p in parts if p != COMMON)})")
-    for part in (COMMON, *chosen):  # check everything before unpacking anything
+    for name, digest in parts[COMMON]["copies"].items():  # check all before unpacking any
+        copy = src / COMMON / name
+        if Path(name).name != name or not copy.is_file() or _digest(copy) != digest:
+            raise DataError(f"{copy}: missing or not the file the manifest names "
+                            "(sha256 differs)")
+    for part in chosen:
         archive = src / parts[part]["archive"]
         if not archive.is_file() or _digest(archive) != parts[part]["sha256"]:
             raise DataError(f"{archive}: missing or not the archive the manifest names "
@@ -161,7 +179,9 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
     work.mkdir(parents=True, exist_ok=True)
     for arm in present:
         shutil.rmtree(work / arm)
-    for part in (COMMON, *chosen):
+    for name in parts[COMMON]["copies"]:
+        shutil.copyfile(src / COMMON / name, work / name)
+    for part in chosen:
         with tarfile.open(src / parts[part]["archive"], "r:xz") as tar:
             tar.extractall(work, filter="data")
     return [COMMON, *chosen]
