@@ -52,6 +52,18 @@ def test_step_limit_is_reported():
     assert results[0].failure == "step limit"
 
 
+def test_a_step_that_leaves_no_healthy_structure_ends_the_relaxation():
+    """Every structure still moving finishes unhealthy in the same step (here: cells over
+    the volume limit, as Cs's library starts did under a fine-tuned CHGNet): the
+    relaxation reports each one instead of crashing on an empty batch."""
+    model = load_energy_model("emt")
+    cells = [bulk("Cu", "fcc", a=3.6), bulk("Cu", "fcc", a=3.7)]
+    results = BatchRelaxer(model, fmax=0.05, steps=50, max_volume_per_atom=5.0,
+                           progress=False).relax(cells)
+    assert [r.failure for r in results] == ["cell exploded", "cell exploded"]
+    assert not any(r.converged for r in results)
+
+
 def test_cell_coordinates_and_forces_equal_ase_frechet_cell_filter_away_from_the_start():
     from xtalloop.rankers.frechet_cells import FrechetCells
 

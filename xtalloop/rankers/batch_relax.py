@@ -148,6 +148,8 @@ class BatchRelaxer:
                         forces=pred.forces, stress=pred.stress,
                     )
                     healthy.append((i, pred))
+            if not healthy:  # every structure left finished unhealthy in this step
+                break
             forces = coordinates.forces(
                 [i for i, _ in healthy],
                 [pred.forces for _, pred in healthy],
