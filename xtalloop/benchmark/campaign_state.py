@@ -61,11 +61,18 @@ def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
         files = [p for p in sorted(work.iterdir()) if p.is_file() and not p.name.startswith(".")]
     else:
         files = sorted(p for p in (work / part).rglob("*") if p.is_file())
+    # the store keeps model files and checkpoints by their sha256; the copies a job left
+    # in its run folder (generator.pt, a fine-tuned model) are not packed twice
+    stored = {p.name for p in (work / part / "store" / "files").rglob("*") if p.is_file()} \
+        if part != COMMON else set()
     kept, skipped = [], []
     for path in files:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             skipped.append({"path": str(path.relative_to(work)), "bytes": size})
+        elif (stored and size > 100_000 and "store" not in path.relative_to(work).parts
+              and _digest(path) in stored):
+            continue  # a run folder's copy of a file the store holds
         else:
             kept.append(path)
     return kept, skipped
