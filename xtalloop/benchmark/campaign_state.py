@@ -28,7 +28,6 @@ clear error instead of a half-restored campaign.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -37,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xtalloop.digest import file_sha256
 from xtalloop.errors import DataError
 
 #: Version of the manifest's layout.
@@ -45,14 +45,6 @@ STATE_FORMAT = 1
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MANIFEST = "manifest.json"
 COMMON = "common"
-
-
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
@@ -71,7 +63,7 @@ def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
         if size > MAX_FILE_BYTES:
             skipped.append({"path": str(path.relative_to(work)), "bytes": size})
         elif (stored and size > 100_000 and "store" not in path.relative_to(work).parts
-              and _digest(path) in stored):
+              and file_sha256(path) in stored):
             continue  # a run folder's copy of a file the store holds
         else:
             kept.append(path)
@@ -125,7 +117,7 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
                 partial = folder / f".{path.name}.partial"
                 shutil.copyfile(path, partial)
                 partial.replace(folder / path.name)
-            info.update(copies={p.name: _digest(p) for p in files},
+            info.update(copies={p.name: file_sha256(p) for p in files},
                         bytes=info["unpacked_bytes"])
         else:
             archive = dest / f"{part}.tar.xz"
@@ -134,7 +126,7 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
                 for path in files:
                     tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
             partial.replace(archive)
-            info.update(archive=archive.name, sha256=_digest(archive),
+            info.update(archive=archive.name, sha256=file_sha256(archive),
                         bytes=archive.stat().st_size)
         manifest["parts"][part] = info
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -171,12 +163,12 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
                         f"{', '.join(p for p in parts if p != COMMON)})")
     for name, digest in parts[COMMON]["copies"].items():  # check all before unpacking any
         copy = src / COMMON / name
-        if Path(name).name != name or not copy.is_file() or _digest(copy) != digest:
+        if Path(name).name != name or not copy.is_file() or file_sha256(copy) != digest:
             raise DataError(f"{copy}: missing or not the file the manifest names "
                             "(sha256 differs)")
     for part in chosen:
         archive = src / parts[part]["archive"]
-        if not archive.is_file() or _digest(archive) != parts[part]["sha256"]:
+        if not archive.is_file() or file_sha256(archive) != parts[part]["sha256"]:
             raise DataError(f"{archive}: missing or not the archive the manifest names "
                             "(sha256 differs)")
     present = [a for a in chosen if (work / a).exists()]
