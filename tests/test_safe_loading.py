@@ -289,3 +289,26 @@ def test_model_trust_command_trusts_contents_not_paths(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["model", "trust", "no/such/file"])
     assert result.exit_code == 2
     one_line(result.stderr.strip(), "no such file or folder")
+
+
+def test_no_library_code_unpickles():
+    """xtalloop's own code never calls an unrestricted unpickler (pickle, or torch.load
+    without ``weights_only=True``); the only pickles read are mace's, by mace, of the
+    parent that xtalloop wrote in the same process."""
+    import ast
+    import xtalloop
+
+    offenders = []
+    for path in Path(xtalloop.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name in {"pickle.load", "pickle.loads", "dill.load", "cloudpickle.load"}:
+                offenders.append(f"{path.name}:{node.lineno} {name}")
+            if name.endswith("torch.load"):
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                           and k.value.value is True for k in node.keywords)
+                if not safe:
+                    offenders.append(f"{path.name}:{node.lineno} {name} without weights_only=True")
+    assert not offenders, offenders
