@@ -274,3 +274,39 @@ def test_restore_refuses_a_state_that_is_not_one(tmp_path):
         restore_state(tmp_path, tmp_path / "work")
     with pytest.raises(DataError, match="no campaign"):
         save_state(tmp_path, tmp_path / "state")
+
+
+def test_saved_state_leaves_out_superseded_checkpoints_and_can_trust_models(tmp_path,
+                                                                            monkeypatch):
+    """A learning arm keeps one generator checkpoint per round: only the newest travels, the
+    older ones are named in the manifest; restored energy models are trusted only on request."""
+    from xtalloop.config import StoreConfig
+    from xtalloop.models import trust
+    from xtalloop.store.files import FileStore, ref
+
+    monkeypatch.setenv("XTALLOOP_TRUST", str(tmp_path / "trusted.json"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "targets.json").write_text("{}")
+    with FileStore(StoreConfig(path=str(work / "d" / "store"))) as files:
+        first = files.put(b"round 1 weights", {"kind": "generator checkpoint",
+                                               "parent": "/base.pt"})
+        second = files.put(b"round 2 weights", {"kind": "generator checkpoint",
+                                                "parent": ref(first)})
+        model = files.put(b"chgnet weights", {"kind": "energy model", "model_id": "chgnet-1",
+                                              "name": "m.chgnet.pt"})
+        other = files.put(b"a trajectory", {"kind": "trajectory", "parent": ref(second)})
+    manifest = save_state(work, tmp_path / "state")
+    left = manifest["parts"]["d"]["left_out"]
+    assert [(Path(e["path"]).name, e["why"]) for e in left] == [
+        (first, "superseded generator checkpoint")]
+    restore_state(tmp_path / "state", tmp_path / "plain")
+    stored = tmp_path / "plain" / "d" / "store" / "files"
+    assert not (stored / first[:2] / first).exists()
+    assert (stored / first[:2] / f"{first}.json").is_file()  # what it was stays described
+    for digest in (second, model, other):
+        assert (stored / digest[:2] / digest).is_file()
+    assert not trust.is_trusted(model)
+    restore_state(tmp_path / "state", tmp_path / "trusting", trust_models=True)
+    assert trust.is_trusted(model) and not trust.is_trusted(second)
+    assert "arm d, chgnet-1" in trust.trusted()[model]["source"]

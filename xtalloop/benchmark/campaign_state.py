@@ -14,7 +14,16 @@ under ``common/``, so that a version control system stores an unchanged one
 once however often the state is saved; and per arm one ``<arm>.tar.xz`` of its
 store (jobs, validated structures, registered models), run folders and
 scores. Files larger than :data:`MAX_FILE_BYTES` are left out and named in
-the manifest, so nothing is dropped silently.
+the manifest, so nothing is dropped silently. So are *superseded* generator
+checkpoints (a learning arm's store keeps one of 6 MB per round): those a
+newer stored checkpoint was fine-tuned from. Resuming needs only the newest;
+the documents that name an older one keep its sha256, the manifest lists them.
+
+A restored arm's energy models are not on the new machine's trust list
+(:mod:`xtalloop.models.trust`), so its prefilter would refuse them: restoring
+with ``trust_models`` puts their digests on the list, naming the state they
+came from. The archive was checked against the manifest first, so what is
+trusted is what was saved.
 
 Save a campaign only while no arm writes to it (stopped, or paused with
 ``kill -STOP``): the archive is then what a kill at that moment would have
@@ -38,6 +47,7 @@ from typing import Any
 
 from xtalloop.digest import file_sha256
 from xtalloop.errors import DataError
+from xtalloop.store.files import digest_of, is_ref
 
 #: Version of the manifest's layout.
 STATE_FORMAT = 1
@@ -47,8 +57,29 @@ MANIFEST = "manifest.json"
 COMMON = "common"
 
 
+def _stored_metadata(store_files: Path) -> list[dict[str, Any]]:
+    """The metadata kept beside each blob of an embedded store's files folder."""
+    out = []
+    for path in sorted(store_files.glob("*/*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("sha256") == path.stem:
+            out.append(meta)
+    return out
+
+
+def superseded_checkpoints(store_files: Path) -> set[str]:
+    """Digests of stored generator checkpoints that a newer stored one was fine-tuned from."""
+    metas = [m for m in _stored_metadata(store_files) if m.get("kind") == "generator checkpoint"]
+    parents = {digest_of(m["parent"]) for m in metas
+               if is_ref(m.get("parent")) and digest_of(m["parent"]) != m["sha256"]}
+    return {m["sha256"] for m in metas} & parents
+
+
 def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
-    """The files of one part (``common`` or an arm), and those left out as too big."""
+    """The files of one part (``common`` or an arm), and those left out (too big, superseded)."""
     if part == COMMON:
         files = [p for p in sorted(work.iterdir()) if p.is_file() and not p.name.startswith(".")]
     else:
@@ -57,11 +88,16 @@ def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
     # in its run folder (generator.pt, a fine-tuned model) are not packed twice
     stored = {p.name for p in (work / part / "store" / "files").rglob("*") if p.is_file()} \
         if part != COMMON else set()
+    old = superseded_checkpoints(work / part / "store" / "files") if part != COMMON else set()
     kept, skipped = [], []
     for path in files:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            skipped.append({"path": str(path.relative_to(work)), "bytes": size})
+            skipped.append({"path": str(path.relative_to(work)), "bytes": size,
+                            "why": "over the size limit"})
+        elif path.name in old and path.parent.parent.name == "files":
+            skipped.append({"path": str(path.relative_to(work)), "bytes": size,
+                            "why": "superseded generator checkpoint"})
         elif (stored and size > 100_000 and "store" not in path.relative_to(work).parts
               and file_sha256(path) in stored):
             continue  # a run folder's copy of a file the store holds
@@ -133,13 +169,21 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
     return manifest
 
 
+def energy_models(work: str | Path, arm: str) -> dict[str, str]:
+    """The energy-model files an arm's store holds: ``{sha256: model id}``."""
+    files = Path(work) / arm / "store" / "files"
+    return {m["sha256"]: str(m.get("model_id", "?")) for m in _stored_metadata(files)
+            if m.get("kind") == "energy model"}
+
+
 def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None = None,
-                  replace: bool = False) -> list[str]:
+                  replace: bool = False, trust_models: bool = False) -> list[str]:
     """Unpack a saved state into ``work``; return the parts restored.
 
     An arm whose folder already exists in ``work`` is refused unless
     ``replace`` (its folder is then removed first): restoring over a live
-    store would mix two histories.
+    store would mix two histories. With ``trust_models`` the restored arms'
+    energy models go on this machine's trust list (see the module's text).
 
     Raises
     ------
@@ -183,4 +227,9 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
     for part in chosen:
         with tarfile.open(src / parts[part]["archive"], "r:xz") as tar:
             tar.extractall(work, filter="data")
+        if trust_models:
+            from xtalloop.models import trust
+
+            for digest, model_id in energy_models(work, part).items():
+                trust.add([digest], f"campaign state {src.resolve()}: arm {part}, {model_id}")
     return [COMMON, *chosen]
