@@ -218,6 +218,29 @@ def test_holdout_is_fixed_per_structure_and_references_always_train():
     assert split_frames(frames, 0.0)[1] == []
 
 
+def test_holdout_split_is_fixed_by_composition_not_by_random_ids():
+    """Two runs of one seeded loop store the same structures under other (random) uuids:
+    the split is the same, and every polymorph of a composition lies on one side."""
+    import uuid
+
+    from pymatgen.core import Composition
+
+    def stored(names):
+        frames = emt_frames(seed=0, n=24)
+        for atoms, name in zip(frames, names, strict=True):
+            atoms.info.update(group=name, formula=Composition(
+                atoms.get_chemical_formula()).reduced_formula)
+        return frames
+
+    split = []
+    for _ in range(2):
+        train, holdout = split_frames(stored([str(uuid.uuid4()) for _ in range(24)]), 0.3)
+        assert train and holdout
+        assert not {a.info["formula"] for a in train} & {a.info["formula"] for a in holdout}
+        split.append(sorted(a.info["formula"] for a in holdout))
+    assert split[0] == split[1]
+
+
 def test_stress_units_from_both_dft_codes():
     ase_voigt = [0.01, 0.02, 0.03, 0.0, 0.0, 0.0]
     assert np.allclose(stress_to_ase(ase_voigt), ase_voigt)

@@ -123,26 +123,49 @@ def is_holdout(group: str, fraction: float) -> bool:
     return _hash_fraction(group) < fraction
 
 
+def split_key(frames: Iterable[Atoms]) -> dict[str, str]:
+    """The name each structure's side of the split is decided by: ``{group: key}``.
+
+    A validated structure's group is its store uuid, drawn at random when it
+    is first stored, so a split by uuid would differ between two runs of the
+    same seeded loop (two runs of the campaign's arm d made different
+    promotions from the same round). The key is its reduced formula instead
+    (``formula:<formula>``): fixed by content, the same in every run, and
+    every polymorph of a composition on the same side, so a held-out
+    structure is never judged by a model that trained on a polymorph of it.
+    Frames without a formula (and references) keep their group.
+    """
+    keys: dict[str, str] = {}
+    for atoms in frames:
+        group = atoms.info["group"]
+        formula = atoms.info.get("formula")
+        if group not in keys:
+            keys[group] = (f"formula:{formula}" if formula and not group.startswith("reference:")
+                           else group)
+    return keys
+
+
 def split_frames(frames: Iterable[Atoms], holdout_fraction: float
                  ) -> tuple[list[Atoms], list[Atoms]]:
-    """``(train, holdout)`` by structure (see :func:`is_holdout`).
+    """``(train, holdout)`` by structure, decided by :func:`split_key` (see :func:`is_holdout`).
 
-    With few structures the hash may hold out none; then the structure of
+    With few structures the hash may hold out none; then the key of
     smallest hash is held out (given at least two). That keeps the split
     safe across rounds: the store only grows, so a later round's smallest
-    hash is this one or a structure no earlier model trained on. It may also
-    hold out all of them; then only the one of smallest hash stays held out,
+    hash is this one or a key no earlier model trained on. It may also
+    hold out all of them; then only the key of smallest hash stays held out,
     so that something is left to train on.
     """
     frames = list(frames)
-    held = {g for g in groups(frames) if is_holdout(g, holdout_fraction)}
-    candidates = [g for g in groups(frames) if not g.startswith("reference:")]
-    if held and held.issuperset(groups(frames)) and len(candidates) >= 2:
+    key = split_key(frames)
+    candidates = sorted({k for g, k in key.items() if not g.startswith("reference:")})
+    held = {k for k in candidates if is_holdout(k, holdout_fraction)}
+    if held and held.issuperset(candidates) and len(candidates) >= 2:
         held = {min(candidates, key=_hash_fraction)}
     if not held and holdout_fraction > 0 and len(candidates) >= 2:
         held = {min(candidates, key=_hash_fraction)}
-    train = [a for a in frames if a.info["group"] not in held]
-    holdout = [a for a in frames if a.info["group"] in held]
+    train = [a for a in frames if key[a.info["group"]] not in held]
+    holdout = [a for a in frames if key[a.info["group"]] in held]
     return train, holdout
 
 
