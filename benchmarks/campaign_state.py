@@ -40,6 +40,8 @@ def _show(manifest: dict) -> None:
         why = sorted({e.get("why", "over the size limit") for e in left})
         print(f"  {part:7s} {info['files']:5d} files, {info['unpacked_bytes'] / 1e6:7.1f} MB "
               f"-> {info['bytes'] / 1e6:6.1f} MB"
+              + (f" in {len(info['volumes'])} volumes" if len(info.get("volumes", [])) > 1
+                 else "")
               + (f"; left out {len(left)} file(s): {', '.join(why)}" if left else ""))
 
 

@@ -310,3 +310,33 @@ def test_saved_state_leaves_out_superseded_checkpoints_and_can_trust_models(tmp_
     restore_state(tmp_path / "state", tmp_path / "trusting", trust_models=True)
     assert trust.is_trusted(model) and not trust.is_trusted(second)
     assert "arm d, chgnet-1" in trust.trusted()[model]["source"]
+
+
+def test_a_big_arm_archive_travels_as_volumes(tmp_path):
+    """An arm's archive over the volume size is cut into numbered files that restore as one;
+    a missing volume is one clear error, and a later smaller save leaves no stale volume."""
+    import os
+
+    work = tmp_path / "work"
+    (work / "a" / "store").mkdir(parents=True)
+    (work / "targets.json").write_text("{}")
+    blob = os.urandom(50_000)  # incompressible: the archive is about this big
+    (work / "a" / "store" / "jobs.collection").write_bytes(blob)
+    (work / "a" / "scores.json").write_text('{"round": 1}')
+    manifest = save_state(work, tmp_path / "state", volume_bytes=20_000)
+    volumes = [v["name"] for v in manifest["parts"]["a"]["volumes"]]
+    assert volumes == ["a.tar.xz.000", "a.tar.xz.001", "a.tar.xz.002"]
+    assert all((tmp_path / "state" / v).stat().st_size <= 20_000 for v in volumes)
+    restore_state(tmp_path / "state", tmp_path / "back")
+    assert (tmp_path / "back" / "a" / "store" / "jobs.collection").read_bytes() == blob
+    assert (tmp_path / "back" / "a" / "scores.json").read_text() == '{"round": 1}'
+    (tmp_path / "state" / "a.tar.xz.001").unlink()
+    with pytest.raises(DataError, match=r"a\.tar\.xz\.001: missing"):
+        restore_state(tmp_path / "state", tmp_path / "again")
+    (work / "a" / "store" / "jobs.collection").write_bytes(b"small now")
+    manifest = save_state(work, tmp_path / "state", volume_bytes=20_000)
+    assert [v["name"] for v in manifest["parts"]["a"]["volumes"]] == ["a.tar.xz"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
+        "a.tar.xz", "common", "manifest.json"]
+    restore_state(tmp_path / "state", tmp_path / "again")
+    assert (tmp_path / "again" / "a" / "store" / "jobs.collection").read_bytes() == b"small now"

@@ -13,10 +13,14 @@ energies, the base generator checkpoint when it lies there) as plain copies
 under ``common/``, so that a version control system stores an unchanged one
 once however often the state is saved; and per arm one ``<arm>.tar.xz`` of its
 store (jobs, validated structures, registered models), run folders and
-scores. Files larger than :data:`MAX_FILE_BYTES` are left out and named in
-the manifest, so nothing is dropped silently. So are *superseded* generator
-checkpoints (a learning arm's store keeps one of 6 MB per round): those a
-newer stored checkpoint was fine-tuned from. Resuming needs only the newest;
+scores. An arm's archive grows by a few MB a round; one over
+:data:`MAX_VOLUME_BYTES` is written as numbered volumes (``<arm>.tar.xz.000``,
+``.001``, ...: the bytes of one archive cut in order), so no file outgrows what
+a repository or a mail attachment takes. Files larger than
+:data:`MAX_FILE_BYTES` are left out and named in the manifest, so nothing
+is dropped silently. So are *superseded* generator checkpoints (a learning
+arm's store keeps one of 6 MB per round): those a newer stored checkpoint
+was fine-tuned from. Resuming needs only the newest;
 the documents that name an older one keep its sha256, the manifest lists them.
 
 A restored arm's energy models are not on the new machine's trust list
@@ -37,6 +41,7 @@ clear error instead of a half-restored campaign.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -49,10 +54,12 @@ from xtalloop.digest import file_sha256
 from xtalloop.errors import DataError
 from xtalloop.store.files import digest_of, is_ref
 
-#: Version of the manifest's layout.
-STATE_FORMAT = 1
+#: Version of the manifest's layout (2: an arm's archive as a list of volumes; 1 is read too).
+STATE_FORMAT = 2
 #: Files bigger than this are not packed (named in the manifest instead).
 MAX_FILE_BYTES = 20 * 1024 * 1024
+#: An arm's archive bigger than this is cut into volumes of at most this size.
+MAX_VOLUME_BYTES = 20 * 1024 * 1024
 MANIFEST = "manifest.json"
 COMMON = "common"
 
@@ -106,8 +113,67 @@ def _members(work: Path, part: str) -> tuple[list[Path], list[dict[str, Any]]]:
     return kept, skipped
 
 
+def _write_volumes(archive: Path, part: str, dest: Path,
+                   volume_bytes: int) -> list[dict[str, Any]]:
+    """Move ``archive`` into ``dest`` as one file or numbered volumes; drop the part's old ones."""
+    size = archive.stat().st_size
+    old = [p for p in dest.glob(f"{part}.tar.xz*") if p.name != archive.name]
+    if size <= volume_bytes:
+        names = [f"{part}.tar.xz"]
+        final = dest / names[0]
+        archive.replace(final)
+    else:
+        names = [f"{part}.tar.xz.{i:03d}" for i in range(-(-size // volume_bytes))]
+        with archive.open("rb") as whole:
+            for name in names:
+                partial = dest / f".{name}.partial"
+                partial.write_bytes(whole.read(volume_bytes))
+                partial.replace(dest / name)
+        archive.unlink()
+    for stale in old:
+        if stale.name not in names:
+            stale.unlink()
+    return [{"name": n, "sha256": file_sha256(dest / n), "bytes": (dest / n).stat().st_size}
+            for n in names]
+
+
+def _volumes(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """An arm's volumes from its manifest entry (format 1 named one ``archive``)."""
+    if "volumes" in info:
+        return info["volumes"]
+    return [{"name": info["archive"], "sha256": info["sha256"], "bytes": info["bytes"]}]
+
+
+class _Joined(io.RawIOBase):
+    """The volumes of one archive read as one stream, in order."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+        self._open = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while True:
+            if self._open is None:
+                if not self._paths:
+                    return 0
+                self._open = self._paths.pop(0).open("rb")
+            n = self._open.readinto(buffer)
+            if n:
+                return n
+            self._open.close()
+            self._open = None
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+        super().close()
+
+
 def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = None,
-               note: str = "") -> dict[str, Any]:
+               note: str = "", volume_bytes: int = MAX_VOLUME_BYTES) -> dict[str, Any]:
     """Pack ``work`` into ``dest`` (``common/``, ``<arm>.tar.xz``, ``manifest.json``).
 
     Parameters
@@ -120,6 +186,8 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
         Arms to pack (default: every arm folder in ``work``).
     note
         Free text kept in the manifest (which session, which rounds).
+    volume_bytes
+        An arm's archive bigger than this is cut into volumes of this size.
 
     Returns
     -------
@@ -156,14 +224,14 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
             info.update(copies={p.name: file_sha256(p) for p in files},
                         bytes=info["unpacked_bytes"])
         else:
-            archive = dest / f"{part}.tar.xz"
-            partial = archive.with_name(f".{archive.name}.partial")
+            partial = dest / f".{part}.tar.xz.partial"
             with tarfile.open(partial, "w:xz") as tar:
                 for path in files:
                     tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
-            partial.replace(archive)
-            info.update(archive=archive.name, sha256=file_sha256(archive),
-                        bytes=archive.stat().st_size)
+            volumes = _write_volumes(partial, part, dest, volume_bytes)
+            info.update(volumes=volumes, bytes=sum(v["bytes"] for v in volumes))
+            info.pop("archive", None)
+            info.pop("sha256", None)
         manifest["parts"][part] = info
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -196,9 +264,9 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
     if not path.is_file():
         raise DataError(f"{src}: no {MANIFEST}; not a saved campaign state")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != STATE_FORMAT:
+    if manifest.get("format") not in (1, STATE_FORMAT):
         raise DataError(f"{path}: state format {manifest.get('format')!r}, this xtalloop "
-                        f"reads {STATE_FORMAT}")
+                        f"reads 1 to {STATE_FORMAT}")
     parts = manifest["parts"]
     chosen = [p for p in parts if p != COMMON] if arms is None else list(arms)
     unknown = [a for a in chosen if a not in parts]
@@ -211,10 +279,12 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
             raise DataError(f"{copy}: missing or not the file the manifest names "
                             "(sha256 differs)")
     for part in chosen:
-        archive = src / parts[part]["archive"]
-        if not archive.is_file() or file_sha256(archive) != parts[part]["sha256"]:
-            raise DataError(f"{archive}: missing or not the archive the manifest names "
-                            "(sha256 differs)")
+        for volume in _volumes(parts[part]):
+            archive = src / volume["name"]
+            if (Path(volume["name"]).name != volume["name"] or not archive.is_file()
+                    or file_sha256(archive) != volume["sha256"]):
+                raise DataError(f"{archive}: missing or not the archive the manifest names "
+                                "(sha256 differs)")
     present = [a for a in chosen if (work / a).exists()]
     if present and not replace:
         raise DataError(f"{work / present[0]} exists: restore into an empty --work folder, "
@@ -225,7 +295,8 @@ def restore_state(src: str | Path, work: str | Path, arms: Sequence[str] | None 
     for name in parts[COMMON]["copies"]:
         shutil.copyfile(src / COMMON / name, work / name)
     for part in chosen:
-        with tarfile.open(src / parts[part]["archive"], "r:xz") as tar:
+        joined = _Joined([src / v["name"] for v in _volumes(parts[part])])
+        with joined, tarfile.open(fileobj=joined, mode="r|xz") as tar:
             tar.extractall(work, filter="data")
         if trust_models:
             from xtalloop.models import trust
