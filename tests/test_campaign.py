@@ -37,6 +37,12 @@ def layered(a: float = 3.75) -> Structure:
                      [[0, 0, 0], [0.5, 0.5, 0.25], [0, 0, 0.5], [0.5, 0.5, 0.75]])
 
 
+def hexagonal() -> Structure:
+    """Cu3Au on a double-hcp (ABAC) stacking: neither L1_2 nor :func:`layered`."""
+    return Structure(Lattice.hexagonal(2.65, 8.6), ["Au", "Cu", "Cu", "Cu"],
+                     [[0, 0, 0], [1 / 3, 2 / 3, 0.25], [0, 0, 0.5], [2 / 3, 1 / 3, 0.75]])
+
+
 def b2(a_el: str, b_el: str, a: float) -> Structure:
     return Structure(Lattice.cubic(a), [a_el, b_el], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
@@ -125,11 +131,15 @@ def _store_round(folder: Path, known: Structure) -> str:
     run_id = f"{loop_id}-r1"
     rows = []
     with open_results(StoreConfig(path=str(folder / "store"))) as db:
-        for structure, energy in ((l12(3.8), 1.0), (layered(), 0.5), (layered(3.7), -99.0)):
+        for structure, energy, generator in (
+                (l12(3.8), 1.0, {"generator": "wyckoff", "proposed": True}),
+                (layered(), 0.5, {"generator": "wyckoff", "proposed": False,
+                                  "coordinates": "model"}),
+                (hexagonal(), -99.0, {"generator": "prototype_substitution"})):
             uuid, _ = db.add_validated({
                 "formula": "Cu3Au", "chemsys": "Au-Cu", "structure": structure.as_dict(),
                 "energy_per_atom": energy, "e_above_hull": 0.0, "nsites": 4,
-                "generator": {}, "dft": {"settings_key": "k", "converged": True},
+                "generator": generator, "dft": {"settings_key": "k", "converged": True},
                 "run": {"id": run_id}})
             rows.append({"uuid": uuid, "energy_per_atom": energy, "converged": True})
         db.save_composition_result(run_id, {"formula": "Cu3Au", "validated": rows,
@@ -154,6 +164,10 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     assert (row["validations"], row["hits"], row["matches"], row["lower"]) == (4, 2, 1, 1)
     assert row["hits_per_100"] == pytest.approx(50.0)
     assert row["hit_rate"] == 1.0 and row["ground_states"] == 1 and row["wall_s"] == 90.0
+    assert total["by_origin"] == row["by_origin"] == {  # the failed validation has no origin
+        "wyckoff proposal": {"picks": 1, "hits": 1},
+        "wyckoff sample, own coordinates": {"picks": 1, "hits": 0},
+        "prototype_substitution": {"picks": 1, "hits": 1}}
     cached = json.loads((tmp_path / "known.json").read_text())
     assert -1.0 < cached["m-0"]["energy_per_atom"] < 0.5  # EMT's Cu3Au, relaxed once
     # a second scoring reads the verdicts and the known energy from the caches
@@ -167,8 +181,11 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
               "arms": {"a": {**scored, "wall_s": 90.0}, "d": {**scored, "wall_s": 1.0}}}
     result["settings"]["arities"] = ["2"]
     assert headline(result)["d_over_a"] is None  # no 4- or 5-element rounds
-    assert "| a (nothing learns) | 1 | 2 | 1 | 4 | 2 | 100.0% | 50.0 | 1, 1 | 90 |" \
-        in markdown_table(result)
+    table = markdown_table(result)
+    assert "| a (nothing learns) | 1 | 2 | 1 | 4 | 2 | 100.0% | 50.0 | 1, 1 | 90 |" in table
+    assert ("| arm | round | prototype_substitution | wyckoff proposal | "
+            "wyckoff sample, own coordinates |") in table
+    assert "| d | 1 | 1 / 1 | 1 / 1 | 0 / 1 |" in table
 
 
 def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monkeypatch,

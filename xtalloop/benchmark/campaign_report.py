@@ -63,6 +63,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"{_fmt(row['hit_rate'], pct=True)} | {_fmt(row['hits_per_100'])} | "
                 f"{row['ground_states']}, {overall.get(row['round'], '–')} | "
                 f"{_fmt(row['wall_s'], 0)} |")
+    lines += origin_table(result)
     head = headline(result)
     lines += ["", ("| arm | loop | rounds scored | 4 + 5+ validations | hits | hits / 100 val. "
                    "| loop wall (s) |"), "|---|---|---|---|---|---|---|"]
@@ -77,6 +78,28 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += ["", (f"Arm d ÷ arm a, hits per 100 validations on 4 + 5+ elements: "
                        f"{head['d_over_a']:.2f} (target ≥ 2).")]
     return "\n".join(lines) + "\n"
+
+
+def origin_table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines: per arm and round, hits / validated picks by where the pick came from.
+
+    Learning can only pay through what it changes: a fine-tuned generator
+    through the skeletons it samples, not through the known ones it proposes.
+    Empty when no round records origins (results scored before they existed).
+    """
+    rows = [(arm, r) for arm, data in result["arms"].items() for r in data["rounds"]
+            if r["arity"] == "all" and r.get("by_origin")]
+    origins = sorted({o for _, r in rows for o in r["by_origin"]})
+    if not rows:
+        return []
+    lines = ["", "Where the validated picks came from (hits / picks):", "",
+             "| arm | round | " + " | ".join(origins) + " |",
+             "|---|---|" + "---|" * len(origins)]
+    for arm, row in rows:
+        cells = [f"{row['by_origin'][o]['hits']} / {row['by_origin'][o]['picks']}"
+                 if o in row["by_origin"] else "–" for o in origins]
+        lines.append(f"| {arm} | {row['round']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_campaign(result: dict[str, Any], path: str | Path) -> Path:

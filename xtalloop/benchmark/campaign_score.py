@@ -99,6 +99,25 @@ def is_hit(structure: Structure, energy_per_atom: float | None, known: Structure
     return {"match": match, "lower": bool(lower), "hit": match or bool(lower)}
 
 
+def pick_origin(generator: dict[str, Any] | None) -> str:
+    """Where a validated pick came from (its ``generator`` provenance), in a few words.
+
+    For the Wyckoff model the split that matters to learning: a skeleton
+    *proposed* from the known ones (the network only ranked it), or one the
+    network *sampled*, placed with a known skeleton's coordinates ("bank") or
+    its own.
+    """
+    if not generator:
+        return "unknown"
+    name = str(generator.get("generator", "unknown"))
+    if name != "wyckoff":
+        return name
+    if generator.get("proposed"):
+        return "wyckoff proposal"
+    return "wyckoff sample, " + ("own coordinates" if generator.get("coordinates") == "model"
+                                 else "known coordinates")
+
+
 def _seconds(start: str | None, end: str | None) -> float | None:
     try:
         return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
@@ -123,11 +142,12 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
         ``hit_compositions``, ``hit_rate`` (compositions with a hit /
         compositions tried), ``hits_per_100`` (hitting validations per 100
         validations), ``ground_states`` (targets hit so far, cumulative),
-        ``matches``, ``lower`` and ``wall_s`` (the round's wall time);
+        ``matches``, ``lower``, ``wall_s`` (the round's wall time) and
+        ``by_origin`` (validated picks and hits per :func:`pick_origin`);
         ``ground_states`` (targets hit over the whole loop, per arity group).
     """
     from xtalloop.config import StoreConfig
-    from xtalloop.store.results import open_results
+    from xtalloop.store.results import VALIDATED, open_results
 
     by_formula = {t["formula"]: t for t in targets}
     cache_path = folder / "scores.json"
@@ -135,6 +155,8 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
     rows: list[dict[str, Any]] = []
     found: dict[str, set[str]] = {}
     with open_results(StoreConfig(path=str(folder / "store")), create=False) as db:
+        origins = {d["uuid"]: pick_origin(d.get("generator")) for d in
+                   db.store(VALIDATED).query({}, properties=["uuid", "generator"])}
         for record in [r for r in db.rounds(loop_id) if r.get("status") == "completed"]:
             per: dict[str, dict[str, Any]] = {}
             for result in db.composition_results(record["run_id"]):
@@ -149,6 +171,11 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                             for v in result.get("validated", [])]
                 hits = [v for v in verdicts if v["hit"]]
                 row["hits"] += len(hits)
+                for validation, verdict in zip(result.get("validated", []), verdicts):
+                    slot = row["by_origin"].setdefault(
+                        origins.get(validation["uuid"], "unknown"), {"picks": 0, "hits": 0})
+                    slot["picks"] += 1
+                    slot["hits"] += int(verdict["hit"])
                 row["matches"] += sum(v["match"] for v in verdicts)
                 row["lower"] += sum(v["lower"] for v in verdicts)
                 if hits:
@@ -164,6 +191,10 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                     for key in ("compositions", "validations", "hits", "hit_compositions",
                                 "matches", "lower"):
                         total[key] += row[key]
+                    for origin, slot in row["by_origin"].items():
+                        into = total["by_origin"].setdefault(origin, {"picks": 0, "hits": 0})
+                        into["picks"] += slot["picks"]
+                        into["hits"] += slot["hits"]
             total["ground_states"] = sum(len(v) for v in found.values())
             rows.append(_rates(total))
             # the same figures on the loop's own round record, so `xtalloop report`
@@ -179,7 +210,7 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
 
 def _empty(record: dict[str, Any], arity: str) -> dict[str, Any]:
     return {"round": record["round"], "arity": arity, "compositions": 0, "validations": 0,
-            "hits": 0, "hit_compositions": 0, "matches": 0, "lower": 0,
+            "hits": 0, "hit_compositions": 0, "matches": 0, "lower": 0, "by_origin": {},
             "wall_s": _seconds(record.get("started_at"), record.get("finished_at"))}
 
 
