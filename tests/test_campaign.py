@@ -142,6 +142,8 @@ def _store_round(folder: Path, known: Structure) -> str:
                 "generator": generator, "dft": {"settings_key": "k", "converged": True},
                 "run": {"id": run_id}})
             rows.append({"uuid": uuid, "energy_per_atom": energy, "converged": True})
+        # the round's own record of a pick wins over the stored structure's latest provenance
+        rows[0].update(generator="wyckoff", proposed=False, coordinates="bank")
         db.save_composition_result(run_id, {"formula": "Cu3Au", "validated": rows,
                                             "failed": [{"rank": 4, "reason": "boom"}]})
         db.save_round({"loop_id": loop_id, "round": 1, "run_id": run_id,
@@ -165,7 +167,7 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     assert row["hits_per_100"] == pytest.approx(50.0)
     assert row["hit_rate"] == 1.0 and row["ground_states"] == 1 and row["wall_s"] == 90.0
     assert total["by_origin"] == row["by_origin"] == {  # the failed validation has no origin
-        "wyckoff proposal": {"picks": 1, "hits": 1},
+        "wyckoff sample, known coordinates": {"picks": 1, "hits": 1},
         "wyckoff sample, own coordinates": {"picks": 1, "hits": 0},
         "prototype_substitution": {"picks": 1, "hits": 1}}
     cached = json.loads((tmp_path / "known.json").read_text())
@@ -183,7 +185,7 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     assert headline(result)["d_over_a"] is None  # no 4- or 5-element rounds
     table = markdown_table(result)
     assert "| a (nothing learns) | 1 | 2 | 1 | 4 | 2 | 100.0% | 50.0 | 1, 1 | 90 |" in table
-    assert ("| arm | round | prototype_substitution | wyckoff proposal | "
+    assert ("| arm | round | prototype_substitution | wyckoff sample, known coordinates | "
             "wyckoff sample, own coordinates |") in table
     assert "| d | 1 | 1 / 1 | 1 / 1 | 0 / 1 |" in table
 
@@ -205,6 +207,9 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
         assert all(0 < r["validations"] <= 2 for r in rows)  # the budget per round
         assert all(r["hits"] <= r["validations"] for r in rows)
         assert result["arms"][arm]["status"] == "completed"
+        for r in rows:  # every validated pick's origin, from the round's own record
+            assert all(o.startswith("wyckoff ") for o in r["by_origin"])
+            assert sum(o["hits"] for o in r["by_origin"].values()) == r["hits"]
     # the same seeds: round 1 of both arms sampled the same base generator identically
     def round_one(arm):
         return [{k: v for k, v in r.items() if k != "wall_s"}

@@ -172,8 +172,11 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                 hits = [v for v in verdicts if v["hit"]]
                 row["hits"] += len(hits)
                 for validation, verdict in zip(result.get("validated", []), verdicts):
-                    slot = row["by_origin"].setdefault(
-                        origins.get(validation["uuid"], "unknown"), {"picks": 0, "hits": 0})
+                    # the round's own record of the pick; a stored structure's provenance
+                    # is that of its latest validation (older results record no split)
+                    origin = pick_origin(validation) if "proposed" in validation else \
+                        origins.get(validation["uuid"], "unknown")
+                    slot = row["by_origin"].setdefault(origin, {"picks": 0, "hits": 0})
                     slot["picks"] += 1
                     slot["hits"] += int(verdict["hit"])
                 row["matches"] += sum(v["match"] for v in verdicts)

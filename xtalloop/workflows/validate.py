@@ -234,6 +234,9 @@ def record_validation(
                 "generator": pick.provenance.get("generator"),
                 "seed": pick.provenance.get("seed"),
                 "index": pick.provenance.get("index"),
+                # the Wyckoff model's split: a known skeleton proposed, or one it sampled
+                "proposed": pick.provenance.get("proposed"),
+                "coordinates": pick.provenance.get("coordinates"),
                 "ml_energy_per_atom": pick.energy_per_atom,
                 "ml_e_above_hull": pick.e_above_hull,
                 "structure": structure.as_dict(),
