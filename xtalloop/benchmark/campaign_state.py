@@ -56,8 +56,10 @@ from xtalloop.store.files import digest_of, is_ref
 
 #: Version of the manifest's layout (2: an arm's archive as a list of volumes; 1 is read too).
 STATE_FORMAT = 2
-#: Files bigger than this are not packed (named in the manifest instead).
-MAX_FILE_BYTES = 20 * 1024 * 1024
+#: Files bigger than this are not packed (named in the manifest instead). Volumes keep
+#: each saved file small, so this only guards against a runaway file: an arm's store
+#: collection (job outputs) passes 20 MB after five rounds and must travel.
+MAX_FILE_BYTES = 500 * 1024 * 1024
 #: An arm's archive bigger than this is cut into volumes of at most this size.
 MAX_VOLUME_BYTES = 20 * 1024 * 1024
 MANIFEST = "manifest.json"
