@@ -122,8 +122,7 @@ def _write_volumes(archive: Path, part: str, dest: Path,
     old = [p for p in dest.glob(f"{part}.tar.xz*") if p.name != archive.name]
     if size <= volume_bytes:
         names = [f"{part}.tar.xz"]
-        final = dest / names[0]
-        archive.replace(final)
+        archive.replace(dest / names[0])
     else:
         names = [f"{part}.tar.xz.{i:03d}" for i in range(-(-size // volume_bytes))]
         with archive.open("rb") as whole:
@@ -232,8 +231,6 @@ def save_state(work: str | Path, dest: str | Path, arms: Sequence[str] | None = 
                     tar.add(path, arcname=str(path.relative_to(work)), recursive=False)
             volumes = _write_volumes(partial, part, dest, volume_bytes)
             info.update(volumes=volumes, bytes=sum(v["bytes"] for v in volumes))
-            info.pop("archive", None)
-            info.pop("sha256", None)
         manifest["parts"][part] = info
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
