@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import rocksalt, zincblende
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from conftest import rocksalt, zincblende
-from xtalloop.benchmark.arity import ranked_match_at_1, train_base
+from xtalloop.benchmark.arity import train_base
 from xtalloop.benchmark.arity_data import nested_subsets, pick_eval_rows, rows_of_arity
+from xtalloop.benchmark.csp_scoring import ranked_match_at_1
 from xtalloop.generators.diffusion import (
     DiffusionConfig,
     ModelConfig,

@@ -12,7 +12,8 @@ from pymatgen.core import Composition, Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from xtalloop.benchmark import run_csp_benchmark, write_results
-from xtalloop.benchmark.csp import ARITY_LABELS, RANK_WINDOW, ranked_hit
+from xtalloop.benchmark.csp import ARITY_LABELS
+from xtalloop.benchmark.csp_scoring import RANK_WINDOW, ranked_hit
 from xtalloop.errors import DataError
 from xtalloop.generators.base import Candidate
 from xtalloop.generators.prototype_substitution import PrototypeSubstitutionGenerator
@@ -175,7 +176,8 @@ def test_a_collapsed_cell_matches_nothing_and_does_not_hang_the_matcher():
     reduction looped for ever on one) is scored as no match without reaching the matcher."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from xtalloop.benchmark.csp import MATCHER_SETTINGS, _rms, degenerate
+    from xtalloop.benchmark.csp import MATCHER_SETTINGS
+    from xtalloop.benchmark.csp_scoring import degenerate, rms_distance
 
     truth = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     flat = Lattice.from_parameters(11.6, 11.4, 10.4, 119.19, 169.68, 71.13)
@@ -183,8 +185,9 @@ def test_a_collapsed_cell_matches_nothing_and_does_not_hang_the_matcher():
                           [[0, 0, 0], [0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.7, 0.1, 0.9]])
     assert collapsed.volume / len(collapsed) < 1.0
     assert degenerate(collapsed) and not degenerate(truth)
-    assert _rms(StructureMatcher(**MATCHER_SETTINGS), collapsed, truth) is None
-    assert _rms(StructureMatcher(**MATCHER_SETTINGS), truth.copy(), truth) == pytest.approx(0)
+    matcher = StructureMatcher(**MATCHER_SETTINGS)
+    assert rms_distance(matcher, collapsed, truth) is None
+    assert rms_distance(matcher, truth.copy(), truth) == pytest.approx(0)
 
 
 @dataclass

@@ -237,7 +237,7 @@ def csp(
                    f"({data_max_atoms} atoms); larger targets cannot be matched", err=True)
     settings: dict[str, Any] = {"max_atoms": max_atoms or data_max_atoms}
     if WYCKOFF_KINDS.intersection(generator):  # checked before the templates are prepared
-        from xtalloop.cli_wyckoff import checked_wyckoff
+        from xtalloop.benchmark.generators import checked_wyckoff
 
         wyckoff_checkpoint = checked_wyckoff(wyckoff_checkpoint or default_wyckoff_checkpoint(data))
         typer.echo(f"wyckoff checkpoint: {wyckoff_checkpoint}")

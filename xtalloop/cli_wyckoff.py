@@ -9,7 +9,7 @@ writes the checkpoint with its training log beside it.
 ``xtalloop generator sample`` hands a Wyckoff checkpoint (told apart by its
 format tag), or ``--kind wyckoff`` without one (the shipped model), to
 :func:`sample_wyckoff` here; ``xtalloop benchmark csp`` builds its Wyckoff
-generator with :func:`wyckoff_generator`.
+generator with :func:`xtalloop.benchmark.generators.wyckoff_generator`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 import typer
 
 from xtalloop.cli_errors import user_errors
-from xtalloop.cli_generator import generator_app, set_threads
+from xtalloop.cli_generator import generator_app
+from xtalloop.devices import set_threads
 from xtalloop.preflight import check_structure_table
 
 
@@ -82,7 +83,7 @@ def train_wyckoff_command(
     """Train the Wyckoff generator (space group, Wyckoff sites, coordinates, lattice)."""
     import torch
 
-    from xtalloop.cli_generator import check_device
+    from xtalloop.devices import check_device
     from xtalloop.generators.wyckoff.model import WyckoffModelConfig
     from xtalloop.generators.wyckoff.train import WyckoffTrainConfig, train_wyckoff
     from xtalloop.preflight import check_output_file
@@ -238,7 +239,7 @@ def sample_wyckoff(checkpoint: Path | None, reduced, n: int, seed: int, out: Pat
 
 def write_samples(candidates: list, reduced, seed: int, out: Path, symprec: float) -> None:
     """One CIF per candidate in ``out`` (``FORMULA_sSEED_NNN.cif``), one line each."""
-    from xtalloop.cli_generator import sample_line
+    from xtalloop.generators.describe import sample_line
     from xtalloop.preflight import writing_into
 
     with writing_into(out, "--out"):
@@ -248,35 +249,3 @@ def write_samples(candidates: list, reduced, seed: int, out: Path, symprec: floa
             typer.echo(sample_line(name, candidate.structure, symprec))
     typer.echo(f"wrote {len(candidates)} CIFs to {out}")
 
-
-# --- `xtalloop benchmark csp --generator wyckoff` ---------------------------------------
-
-
-def checked_wyckoff(checkpoint: Path | None) -> Path:
-    """A usable Wyckoff checkpoint, checked cheaply (memory-mapped); else one-line error.
-
-    Raises
-    ------
-    ConfigError, DataError
-        No checkpoint, a missing file, or one :func:`check_wyckoff` refuses.
-    """
-    from xtalloop.errors import ConfigError, DataError
-    from xtalloop.generators.wyckoff import check_wyckoff
-
-    if checkpoint is None:
-        raise ConfigError("--generator wyckoff needs --wyckoff-checkpoint")
-    if not checkpoint.is_file():
-        raise DataError(f"Wyckoff checkpoint not found: {checkpoint} (pass --wyckoff-checkpoint)")
-    return check_wyckoff(checkpoint)
-
-
-def wyckoff_generator(max_atoms: int, checkpoint: Path | None, device: str):
-    """The benchmark's Wyckoff generator, its checkpoint loaded once, before any composition."""
-    from xtalloop.cli_generator import check_device
-    from xtalloop.generators.wyckoff import WyckoffGenerator
-
-    checkpoint = checked_wyckoff(checkpoint)
-    check_device(device)
-    generator = WyckoffGenerator(checkpoint=str(checkpoint), max_atoms=max_atoms, device=device)
-    generator.load()  # CheckpointError (a DataError): one line naming the file
-    return generator

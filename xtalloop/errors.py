@@ -21,3 +21,9 @@ class StoreError(XtalloopError, RuntimeError):
 
 class DataError(XtalloopError, ValueError):
     """A data file (reference structures, benchmark set) that is missing or unreadable."""
+
+
+def one_line(exc: BaseException) -> str:
+    """First line of an exception's message, or its type name if it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,8 @@ from xtalloop.benchmark.arity_data import (
     rows_of_arity,
     write_rows,
 )
+from xtalloop.benchmark.csp_scoring import ranked_match_at_1
+from xtalloop.benchmark.relax import energy_ranker
 from xtalloop.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -91,17 +92,16 @@ def train_base(
 ) -> Path:
     """Train the ``small_cpu`` preset on crystals of at most ``max_elements`` elements.
 
-    Uses the project's own training path (:func:`xtalloop.cli_generator.load_dataset`,
-    :func:`~xtalloop.cli_generator.with_train_settings`,
-    :func:`~xtalloop.cli_generator.run_training`).
+    Uses the command line's own training path (:mod:`xtalloop.generators.diffusion.checked`:
+    ``load_dataset``, ``with_train_settings``, ``run_training``).
     """
-    from xtalloop.cli_generator import (
+    from xtalloop.generators.diffusion import preset
+    from xtalloop.generators.diffusion.checked import (
         load_dataset,
         run_training,
         train_overrides,
         with_train_settings,
     )
-    from xtalloop.generators.diffusion import preset
 
     config = with_train_settings(preset("small_cpu"), train_overrides(minutes=minutes, seed=seed))
     dataset = load_dataset(train_csv, max_atoms, max_elements, None, cache_dir)
@@ -117,13 +117,13 @@ def finetune(
     progress: bool = True,
 ) -> Path:
     """Fine-tune ``parent`` on ``dataset`` (a ``CrystalDataset``) and write ``out``."""
-    from xtalloop.cli_generator import (
+    from xtalloop.generators.diffusion import DiffusionConfig
+    from xtalloop.generators.diffusion.checked import (
         load_checkpoint,
         run_training,
         train_overrides,
         with_train_settings,
     )
-    from xtalloop.generators.diffusion import DiffusionConfig
 
     stored = load_checkpoint(parent)
     # epochs None with a time box: let the box decide (tiny sets run many epochs)
@@ -185,61 +185,6 @@ def evaluate_model(
     return results
 
 
-def ranked_match_at_1(records: list[dict[str, Any]], energies: list[list[float]]) -> float | None:
-    """Share of compositions whose lowest-energy candidate matches the ground truth.
-
-    ``energies`` holds one list per record that has candidates, in record order.
-    """
-    if not records:
-        return None
-    lists = iter(energies)
-    hits = 0
-    for record in records:
-        if not record["n_candidates"]:
-            continue
-        values = next(lists)
-        finite = [(e, i) for i, e in enumerate(values) if e is not None and math.isfinite(e)]
-        if finite and record["rms"][min(finite)[1]] is not None:
-            hits += 1
-    return hits / len(records)
-
-
-def energy_ranker(spec: str) -> Callable[[list[Structure]], list[float]]:
-    """Energies per atom (single point) of structures from an energy model by name or path."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from xtalloop.benchmark.csp import degenerate
-    from xtalloop.models.energy_model import load_energy_model
-
-    model = load_energy_model(spec)
-
-    def per_atom(indices: list[int], out: list[float]) -> None:
-        atoms = [AseAtomsAdaptor.get_atoms(structures_[i]) for i in indices]
-        for i, p in zip(indices, model.predict(atoms), strict=True):
-            value = float(p.energy) / len(structures_[i])
-            out[i] = value if math.isfinite(value) else math.inf
-
-    structures_: list[Structure] = []
-
-    def energies(structures: list[Structure]) -> list[float]:
-        """Energy per atom of each structure; ``inf`` where the model cannot score it."""
-        structures_[:] = structures
-        good = [i for i, s in enumerate(structures) if not degenerate(s)]
-        out = [math.inf] * len(structures)
-        try:
-            if good:
-                per_atom(good, out)
-        except Exception:  # e.g. CHGNet refuses a batch holding isolated atoms: one by one
-            for i in good:
-                try:
-                    per_atom([i], out)
-                except Exception as exc:  # an unscorable candidate ranks last
-                    logger.debug("energy model failed on candidate %d: %s", i, exc)
-        return out
-
-    return energies
-
-
 # --- the whole benchmark --------------------------------------------------------------
 
 
@@ -294,8 +239,8 @@ def run_arity_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from xtalloop.cli_generator import load_checkpoint
     from xtalloop.generators.diffusion import load_csv
+    from xtalloop.generators.diffusion.checked import load_checkpoint
     from xtalloop.generators.prototype_substitution import read_structure_csv
 
     started = time.perf_counter()

@@ -25,7 +25,6 @@ from xtalloop.benchmark.arity import (
     ARITIES,
     FinetuneSettings,
     _compact,
-    energy_ranker,
     evaluate_model,
 )
 from xtalloop.benchmark.arity_data import (
@@ -36,6 +35,7 @@ from xtalloop.benchmark.arity_data import (
     rows_of_arity,
     write_rows,
 )
+from xtalloop.benchmark.relax import energy_ranker
 from xtalloop.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,11 @@ def train_wyckoff_base(train_csv: Path, out: Path, minutes: float, max_atoms: in
     from xtalloop.cli_wyckoff import PRESETS
     from xtalloop.generators.wyckoff.model import WyckoffModelConfig
     from xtalloop.generators.wyckoff.sites import describe_table
-    from xtalloop.generators.wyckoff.train import WyckoffTrainConfig, train_wyckoff, write_log
+    from xtalloop.generators.wyckoff.train import (
+        WyckoffTrainConfig,
+        train_wyckoff,
+        write_log,
+    )
 
     crystals = [c for c in describe_table(train_csv, workers=workers, progress=progress)
                 if len({s.z for s in c.sites}) <= max_elements

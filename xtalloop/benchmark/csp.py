@@ -30,6 +30,13 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
+from xtalloop.benchmark.csp_scoring import (  # noqa: F401  (re-exported: one import for users)
+    RANK_WINDOW,
+    degenerate,
+    ranked_hit,
+    rms_distance,
+    summarise,
+)
 from xtalloop.benchmark.journal import Journal
 from xtalloop.benchmark.relax import Relax
 from xtalloop.errors import DataError, XtalloopError
@@ -185,7 +192,7 @@ def run_csp_benchmark(
             record["energy_per_atom"] = [_finite(e) for e in energies]
             record["relax_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        record["rms"] = [_rms(matcher, s, truth) for s in structures]
+        record["rms"] = [rms_distance(matcher, s, truth) for s in structures]
         if relax is not None:
             record["ranked_match"] = ranked_hit(record)
         record["match_s"] = time.perf_counter() - t0
@@ -200,9 +207,9 @@ def run_csp_benchmark(
     n_generated = sum(r["n_candidates"] for r in records)
 
     ranked = relax is not None
-    overall = _summarise(records, ks, ranked)
+    overall = summarise(records, ks, ranked)
     per_arity = {
-        label: _summarise([r for r in records if r["arity"] == label], ks, ranked)
+        label: summarise([r for r in records if r["arity"] == label], ks, ranked)
         for label in ARITY_LABELS
     }
     return {
@@ -315,26 +322,6 @@ def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-#: eV/atom: candidates this close to the lowest relaxed energy count as tied, and the
-#: generator's own order picks among them (``window_match_rate``). Polymorphs of one
-#: composition often lie within a few meV/atom under an ML potential, well inside the
-#: tens of meV/atom its energies are off from DFT, so the lowest-energy one is a guess.
-RANK_WINDOW = 0.025
-
-
-def ranked_hit(record: dict[str, Any], window: float = 0.0) -> bool:
-    """Whether the row's pick matches: the earliest candidate (in the generator's order)
-    whose energy is within ``window`` eV/atom of the lowest (``0``: the lowest-energy one).
-    """
-    energies = record.get("energy_per_atom") or []
-    finite = [(e, i) for i, e in enumerate(energies) if e is not None]
-    if not finite:
-        return False
-    lowest = min(finite)[0]
-    pick = min(i for e, i in finite if e <= lowest + window)
-    return record["rms"][pick] is not None
-
-
 def _ground_truth(table, row: int, source) -> Structure:
     import warnings
 
@@ -355,59 +342,6 @@ def _material_id(table, row: int) -> str:
     if "material_id" in table.columns:
         return str(table["material_id"].iloc[row])
     return f"row-{row}"
-
-
-#: Below this volume per atom (Å³) a cell is degenerate: the densest solids have about
-#: 5 Å³/atom, and pymatgen's Niggli reduction can loop for ever on such a cell.
-MIN_VOLUME_PER_ATOM = 1.0
-
-
-def degenerate(structure: Structure) -> bool:
-    """Whether a candidate's cell is too collapsed (or not finite) to be a crystal."""
-    matrix = structure.lattice.matrix
-    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(structure.frac_coords)):
-        return True
-    return abs(structure.lattice.volume) / len(structure) < MIN_VOLUME_PER_ATOM
-
-
-def _rms(matcher, candidate: Structure, truth: Structure) -> float | None:
-    """Normalised RMS distance of a matching candidate, None if it does not match.
-
-    A degenerate cell (:func:`degenerate`) matches nothing and is not handed to the matcher.
-    """
-    if degenerate(candidate):
-        return None
-    try:
-        found = matcher.get_rms_dist(candidate, truth)
-    except Exception as exc:  # odd cells can make the matcher fail; count as no match
-        logger.debug("structure matcher failed: %s", exc)
-        return None
-    return None if found is None else float(found[0])
-
-
-def _summarise(records: list[dict[str, Any]], ks: list[int], ranked: bool) -> dict[str, Any]:
-    """Match rate and mean best RMS at each k, and ranked@1, over ``records``.
-
-    None where undefined (no records; ranked@1 without energies).
-    """
-    match_rate: dict[str, float | None] = {}
-    rmse: dict[str, float | None] = {}
-    for k in ks:
-        best = [
-            min((r for r in record["rms"][:k] if r is not None), default=None)
-            for record in records
-        ]
-        matched = [b for b in best if b is not None]
-        match_rate[str(k)] = len(matched) / len(records) if records else None
-        rmse[str(k)] = float(np.mean(matched)) if matched else None
-    def rate(window: float) -> float | None:
-        if not ranked or not records:
-            return None
-        return sum(ranked_hit(r, window) for r in records) / len(records)
-
-    return {"n": len(records), "match_rate": match_rate, "rmse": rmse,
-            "ranked_match_rate": {"1": rate(0.0)},
-            "window_match_rate": {"1": rate(RANK_WINDOW)}}
 
 
 def _settings(generator: Generator) -> dict[str, Any]:

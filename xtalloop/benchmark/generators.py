@@ -80,8 +80,6 @@ def build_generators(
     generators: list[Any] = []
     cap = max_atoms or default_max_atoms
     if WYCKOFF_KINDS.intersection(kinds):
-        from xtalloop.cli_wyckoff import wyckoff_generator
-
         wyckoff = wyckoff_generator(cap, wyckoff_checkpoint, device)
     for kind in dict.fromkeys(kinds):
         if kind is GeneratorKind.random_symmetric:
@@ -125,8 +123,9 @@ def _prototype_generator(max_atoms: int, reference_csv: str | None) -> Any:
 def _diffusion_generator(
     max_atoms: int | None, checkpoint: Path | None, n_steps: int | None, device: str
 ) -> Any:
-    from xtalloop.cli_generator import check_device, unreadable_checkpoint
+    from xtalloop.devices import check_device
     from xtalloop.generators.diffusion import DiffusionGenerator
+    from xtalloop.generators.diffusion.checked import unreadable_checkpoint
 
     if checkpoint is None:
         raise ConfigError("--generator diffusion needs --checkpoint")
@@ -139,4 +138,33 @@ def _diffusion_generator(
         generator.load()  # fail now, not once per composition
     except Exception as exc:  # torch.load raises many types on a damaged file
         raise DataError(unreadable_checkpoint(checkpoint, exc)) from None
+    return generator
+
+
+def checked_wyckoff(checkpoint: Path | None) -> Path:
+    """A usable Wyckoff checkpoint, checked cheaply (memory-mapped); else one-line error.
+
+    Raises
+    ------
+    ConfigError, DataError
+        No checkpoint, a missing file, or one :func:`check_wyckoff` refuses.
+    """
+    from xtalloop.generators.wyckoff import check_wyckoff
+
+    if checkpoint is None:
+        raise ConfigError("--generator wyckoff needs --wyckoff-checkpoint")
+    if not checkpoint.is_file():
+        raise DataError(f"Wyckoff checkpoint not found: {checkpoint} (pass --wyckoff-checkpoint)")
+    return check_wyckoff(checkpoint)
+
+
+def wyckoff_generator(max_atoms: int, checkpoint: Path | None, device: str):
+    """The benchmark's Wyckoff generator, its checkpoint loaded once, before any composition."""
+    from xtalloop.devices import check_device
+    from xtalloop.generators.wyckoff import WyckoffGenerator
+
+    checkpoint = checked_wyckoff(checkpoint)
+    check_device(device)
+    generator = WyckoffGenerator(checkpoint=str(checkpoint), max_atoms=max_atoms, device=device)
+    generator.load()  # CheckpointError (a DataError): one line naming the file
     return generator

@@ -7,12 +7,15 @@ ground truth, the structure a user of the loop would pick before any DFT.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 from pymatgen.core import Structure
 
 from xtalloop.errors import ConfigError, XtalloopError
+
+logger = logging.getLogger(__name__)
 
 #: ``relax(structures) -> (relaxed structures, energies per atom)``; see
 #: :func:`xtalloop.benchmark.csp.run_csp_benchmark`.
@@ -53,7 +56,7 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
     """
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from xtalloop.cli_generator import one_line
+    from xtalloop.errors import one_line
     from xtalloop.models import load_energy_model
     from xtalloop.rankers.batch_relax import BatchRelaxer
 
@@ -78,3 +81,39 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
         return [AseAtomsAdaptor.get_structure(r.atoms) for r in results], energies
 
     return relax
+
+
+def energy_ranker(spec: str) -> Callable[[list[Structure]], list[float]]:
+    """Energies per atom (single point) of structures from an energy model by name or path."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from xtalloop.benchmark.csp_scoring import degenerate
+    from xtalloop.models.energy_model import load_energy_model
+
+    model = load_energy_model(spec)
+
+    def per_atom(indices: list[int], out: list[float]) -> None:
+        atoms = [AseAtomsAdaptor.get_atoms(structures_[i]) for i in indices]
+        for i, p in zip(indices, model.predict(atoms), strict=True):
+            value = float(p.energy) / len(structures_[i])
+            out[i] = value if math.isfinite(value) else math.inf
+
+    structures_: list[Structure] = []
+
+    def energies(structures: list[Structure]) -> list[float]:
+        """Energy per atom of each structure; ``inf`` where the model cannot score it."""
+        structures_[:] = structures
+        good = [i for i, s in enumerate(structures) if not degenerate(s)]
+        out = [math.inf] * len(structures)
+        try:
+            if good:
+                per_atom(good, out)
+        except Exception:  # e.g. CHGNet refuses a batch holding isolated atoms: one by one
+            for i in good:
+                try:
+                    per_atom([i], out)
+                except Exception as exc:  # an unscorable candidate ranks last
+                    logger.debug("energy model failed on candidate %d: %s", i, exc)
+        return out
+
+    return energies

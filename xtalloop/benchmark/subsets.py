@@ -18,7 +18,7 @@ from typing import Any
 
 from pymatgen.core import Composition
 
-from xtalloop.benchmark.csp import _summarise
+from xtalloop.benchmark.csp_scoring import summarise
 
 
 def mark_template_coverage(results: dict[str, dict[str, Any]], reference_csv: str,
@@ -42,7 +42,7 @@ def mark_template_coverage(results: dict[str, dict[str, Any]], reference_csv: st
                 covered[formula] = bool(reference.rows_like(Composition(formula), max_atoms))
             record["has_template"] = covered[formula]
         subset = [r for r in records if not r["has_template"]]
-        result["no_template"] = _summarise(subset, result["ks"], result["relaxed"])
+        result["no_template"] = summarise(subset, result["ks"], result["relaxed"])
         n_without = len(subset)
     return n_without
 
@@ -96,8 +96,8 @@ def mark_hull_targets(results: dict[str, dict[str, Any]], data_csv: str) -> int 
             record["target_e_above_hull"] = None if pd.isna(value) else float(value)
         known = [r for r in records if r["target_e_above_hull"] is not None]
         on = [r for r in known if r["target_e_above_hull"] <= ON_HULL]
-        result["on_hull"] = _summarise(on, result["ks"], result["relaxed"])
-        result["above_hull"] = _summarise([r for r in known if r not in on], result["ks"],
+        result["on_hull"] = summarise(on, result["ks"], result["relaxed"])
+        result["above_hull"] = summarise([r for r in known if r not in on], result["ks"],
                                           result["relaxed"])
         n_on = len(on)
     return n_on
