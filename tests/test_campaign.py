@@ -158,8 +158,12 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     target = {"formula": "Cu3Au", "arity": "2", "material_id": "m-0", "cif": known.to(fmt="cif")}
     loop_id = _store_round(tmp_path / "a", known)
     energies = KnownEnergies(tmp_path / "known.json", settings)
-    scored = score_arm(settings, tmp_path / "a", loop_id, [target], energies)
+    scored = score_arm(settings, tmp_path / "a", loop_id, [target], energies,
+                       generated={"Cu3Au": False})
     (row, total) = scored["rounds"]
+    # no generated candidate was L1_2, yet the composition was hit (after relaxation)
+    assert row["generated"] == total["generated"] == {
+        "hit": 0, "missed": 0, "other_hit": 1, "other_missed": 0}
     assert row["arity"] == "2" and total["arity"] == "all"
     # the L1_2 pick matches; the layered one at +0.5 eV/atom does not; the one the validator
     # put below the known structure's EMT energy is a hit without matching
@@ -177,7 +181,7 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     monkeypatch.setattr("xtalloop.benchmark.campaign_score.is_hit",
                         lambda *a, **k: pytest.fail("scored twice"))
     again = score_arm(settings, tmp_path / "a", loop_id, [target],
-                      KnownEnergies(tmp_path / "known.json", settings))
+                      KnownEnergies(tmp_path / "known.json", settings), {"Cu3Au": False})
     assert again == scored
     result = {"settings": {**vars(settings), "checkpoint": "x"}, "targets": [target],
               "arms": {"a": {**scored, "wall_s": 90.0}, "d": {**scored, "wall_s": 1.0}}}
@@ -188,6 +192,40 @@ def test_scoring_counts_matches_and_lower_energies_and_caches(tmp_path, monkeypa
     assert ("| arm | round | prototype_substitution | wyckoff sample, known coordinates | "
             "wyckoff sample, own coordinates |") in table
     assert "| d | 1 | 1 / 1 | 1 / 1 | 0 / 1 |" in table
+    assert "| a | 1 | 1 | 0 | 0 | 0 | 1 | 0 |" in table  # where compositions were won
+
+
+def test_generated_matches_compares_the_newest_generate_output_once(tmp_path, monkeypatch):
+    """The funnel reads each target's stored candidates: the newest job's, cached by uuid."""
+    from xtalloop.benchmark.campaign_funnel import generated_matches
+    from xtalloop.config import StoreConfig
+    from xtalloop.generators.base import Candidate
+    from xtalloop.store.backends import job_store
+
+    known = l12()
+    targets = [{"formula": f, "arity": "2", "material_id": f"m-{f}", "cif": known.to(fmt="cif")}
+               for f in ("Cu3Au", "CuAu")]
+
+    def doc(uuid, name, when, structures):
+        return {"uuid": uuid, "index": 1, "name": name, "completed_time": when,
+                "output": [Candidate(structure=s, generator="wyckoff", seed=0, index=i).as_dict()
+                           for i, s in enumerate(structures)]}
+
+    store = job_store(StoreConfig(path=str(tmp_path / "a" / "store")))
+    store.connect()
+    store.docs_store.update([
+        doc("old", "Cu3Au generate", "2026-01-01T00:00:00", [layered()]),
+        doc("new", "Cu3Au generate", "2026-01-02T00:00:00", [layered(), l12(3.9)]),
+        doc("other", "CuAu generate", "2026-01-01T00:00:00", [hexagonal()]),
+        doc("stray", "NaCl generate", "2026-01-01T00:00:00", [l12()]),  # not a target
+    ], key="uuid")
+    store.close()
+    assert generated_matches(tmp_path / "a", targets) == {"Cu3Au": True, "CuAu": False}
+    assert json.loads((tmp_path / "a" / "generated.json").read_text()) == {
+        "new": True, "other": False}
+    monkeypatch.setattr("xtalloop.benchmark.campaign_funnel._fits",
+                        lambda *a: pytest.fail("compared twice"))
+    assert generated_matches(tmp_path / "a", targets) == {"Cu3Au": True, "CuAu": False}
 
 
 def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monkeypatch,
@@ -210,6 +248,9 @@ def test_tiny_campaign_runs_every_stage_and_resumes(tiny_wyckoff, tmp_path, monk
         for r in rows:  # every validated pick's origin, from the round's own record
             assert all(o.startswith("wyckoff ") for o in r["by_origin"])
             assert sum(o["hits"] for o in r["by_origin"].values()) == r["hits"]
+            funnel = r["generated"]  # every composition's candidates were stored and compared
+            assert sum(funnel.values()) == r["compositions"]
+            assert funnel["hit"] + funnel["other_hit"] == r["hit_compositions"]
     # the same seeds: round 1 of both arms sampled the same base generator identically
     def round_one(arm):
         return [{k: v for k, v in r.items() if k != "wall_s"}

@@ -260,6 +260,7 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
     """
     import json
 
+    from xtalloop.benchmark.campaign_funnel import generated_matches
     from xtalloop.benchmark.campaign_score import KnownEnergies, score_arm
 
     bad = [a for a in arms if a not in ARMS]
@@ -297,7 +298,8 @@ def run_campaign(settings: CampaignSettings, arms: Sequence[str], out: str | Pat
                         len(targets))
             run = run_arm(settings, arm, [t["formula"] for t in targets], out, relax_maker,
                           progress)
-        scored = score_arm(settings, out / arm, run["loop_id"], targets, known)
+        generated = generated_matches(out / arm, targets)
+        scored = score_arm(settings, out / arm, run["loop_id"], targets, known, generated)
         results["arms"][arm] = {**run, **scored}
     return results
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from xtalloop.benchmark.campaign import ARM_NAMES
+from xtalloop.benchmark.campaign_funnel import funnel_table
 
 #: Arity groups whose hits per 100 validations the campaign's headline compares.
 HIGH_ARITIES: tuple[str, ...] = ("4", "5+")
@@ -64,6 +65,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"{row['ground_states']}, {overall.get(row['round'], '–')} | "
                 f"{_fmt(row['wall_s'], 0)} |")
     lines += origin_table(result)
+    lines += funnel_table(result)
     head = headline(result)
     lines += ["", ("| arm | loop | rounds scored | 4 + 5+ validations | hits | hits / 100 val. "
                    "| loop wall (s) |"), "|---|---|---|---|---|---|---|"]

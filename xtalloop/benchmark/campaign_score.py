@@ -27,6 +27,9 @@ from xtalloop.benchmark.csp import MATCHER_SETTINGS
 
 logger = logging.getLogger(__name__)
 
+#: Compositions by whether a generated candidate was the known structure, and a hit.
+FUNNEL: tuple[str, ...] = ("hit", "missed", "other_hit", "other_missed")
+
 
 class KnownEnergies:
     """Validator energy per atom of each target's known structure, relaxed once and cached.
@@ -126,7 +129,7 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 
 
 def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str, Any]],
-              known: KnownEnergies) -> dict[str, Any]:
+              known: KnownEnergies, generated: dict[str, bool] | None = None) -> dict[str, Any]:
     """Per round and arity: validations, hits, hit rate, hits per 100, cumulative ground states.
 
     Reads the loop's round records and each round's composition results (the
@@ -143,7 +146,11 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
         compositions tried), ``hits_per_100`` (hitting validations per 100
         validations), ``ground_states`` (targets hit so far, cumulative),
         ``matches``, ``lower``, ``wall_s`` (the round's wall time) and
-        ``by_origin`` (validated picks and hits per :func:`pick_origin`);
+        ``by_origin`` (validated picks and hits per :func:`pick_origin`) and, with
+        ``generated`` (:func:`~xtalloop.benchmark.campaign_funnel.generated_matches`),
+        ``generated``: compositions with a generated candidate that is the known
+        structure and a hit (``hit``) or not (``missed``), and without one
+        (``other_hit``, ``other_missed``);
         ``ground_states`` (targets hit over the whole loop, per arity group).
     """
     from xtalloop.config import StoreConfig
@@ -184,6 +191,10 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                 if hits:
                     row["hit_compositions"] += 1
                     found.setdefault(target["arity"], set()).add(target["formula"])
+                if generated is not None and target["formula"] in generated:
+                    funnel = row.setdefault("generated", dict.fromkeys(FUNNEL, 0))
+                    funnel[("" if generated[target["formula"]] else "other_")
+                           + ("hit" if hits else "missed")] += 1
             write_json(cache_path, cache)
             total = _empty(record, "all")
             for label in settings.arities:
@@ -194,6 +205,10 @@ def score_arm(settings: Any, folder: Path, loop_id: str, targets: list[dict[str,
                     for key in ("compositions", "validations", "hits", "hit_compositions",
                                 "matches", "lower"):
                         total[key] += row[key]
+                    if "generated" in row:
+                        into_funnel = total.setdefault("generated", dict.fromkeys(FUNNEL, 0))
+                        for key, count in row["generated"].items():
+                            into_funnel[key] += count
                     for origin, slot in row["by_origin"].items():
                         into = total["by_origin"].setdefault(origin, {"picks": 0, "hits": 0})
                         into["picks"] += slot["picks"]
