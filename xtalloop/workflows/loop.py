@@ -114,6 +114,9 @@ class LoopRoundMaker(Maker):
                 "generator_used": generator,
             })
             trained_here = _registered_by(db, run_id)
+        logger.info("round %d: %d compositions to generate, prefilter and validate%s",
+                    round_index, len(plan.compositions),
+                    f" ({len(done)} done before a restart)" if done else "")
         cfg = round_config(config, plan, generator)
         maker = csp_flow_maker(cfg, run, self.progress, self.relax_maker)
         _read_checkpoints_from(maker.generate_maker.sources, job_store_settings(config))

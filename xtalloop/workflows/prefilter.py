@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,8 @@ from jobflow import Maker, job
 from xtalloop.composition import parse_composition
 from xtalloop.generators.base import Candidate
 from xtalloop.rankers.ml_ranker import MLRanker, Ranking
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +81,11 @@ class PrefilterMaker(Maker):
             rerank_top=self.rerank_top, progress=self.progress,
         )
         ranking = ranker.rank(composition, candidates)
+        funnel = ranking.funnel
+        logger.info("%s: %d of %d candidates relaxed by %s, %d distinct, %d picked", formula,
+                    funnel.get("relaxed", 0), funnel.get("generated", len(candidates)),
+                    ranking.energy_model.get("name", spec), funnel.get("unique", 0),
+                    funnel.get("picked", 0))
         if registry_id:
             ranking.energy_model = {**ranking.energy_model, "registry_id": registry_id}
         return ranking
