@@ -403,3 +403,19 @@ def test_a_big_arm_archive_travels_as_volumes(tmp_path):
         "a.tar.xz", "common", "manifest.json"]
     restore_state(tmp_path / "state", tmp_path / "again")
     assert (tmp_path / "again" / "a" / "store" / "jobs.collection").read_bytes() == b"small now"
+
+
+def test_headline_compares_the_rounds_both_arms_have_scored():
+    """An arm running ahead (a's quinary round) does not weigh against the other's."""
+    def row(round_, arity, validations, hits):
+        return {"round": round_, "arity": arity, "validations": validations, "hits": hits}
+
+    result = {"arms": {
+        "a": {"rounds": [row(1, "2", 50, 30), row(5, "4", 50, 16), row(7, "5+", 50, 2)]},
+        "d": {"rounds": [row(1, "2", 50, 30), row(5, "4", 50, 32)]}}}
+    head = headline(result)
+    assert head["high_arity"]["a"] == {"validations": 100, "hits": 18, "hits_per_100": 18.0}
+    assert head["d_over_a_rounds"] == [5]
+    assert head["d_over_a"] == pytest.approx(2.0)  # 32 against 16, not against 18 of 100
+    del result["arms"]["d"]
+    assert headline(result)["d_over_a"] is None

@@ -19,17 +19,34 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     The issue's target: arm ``d`` at least twice arm ``a`` by the last round.
     Counted over every round of the 4 and 5+ stages (one stage per round
     unless ``rounds_per_stage`` > 1), since a single round holds few validations.
+    The ratio compares the rounds both arms have scored (``d_over_a_rounds``):
+    while one arm runs ahead, its quinary rounds (fewer hits) would otherwise
+    stand against the other's quaternary ones.
     """
     per_arm = {}
     for arm, data in result["arms"].items():
         rows = [r for r in data["rounds"] if r["arity"] in HIGH_ARITIES]
-        validations = sum(r["validations"] for r in rows)
-        hits = sum(r["hits"] for r in rows)
-        per_arm[arm] = {"validations": validations, "hits": hits,
-                        "hits_per_100": 100 * hits / validations if validations else None}
-    a, d = per_arm.get("a", {}).get("hits_per_100"), per_arm.get("d", {}).get("hits_per_100")
-    ratio = d / a if a and d is not None else None
-    return {"high_arity": per_arm, "d_over_a": ratio}
+        per_arm[arm] = _hits(rows)
+    both = _high_rounds(result, "a") & _high_rounds(result, "d")
+    ratio = None
+    if both:
+        a, d = (_hits([r for r in result["arms"][arm]["rounds"]
+                       if r["arity"] in HIGH_ARITIES and r["round"] in both])["hits_per_100"]
+                for arm in ("a", "d"))
+        ratio = d / a if a and d is not None else None
+    return {"high_arity": per_arm, "d_over_a": ratio, "d_over_a_rounds": sorted(both)}
+
+
+def _high_rounds(result: dict[str, Any], arm: str) -> set[int]:
+    data = result["arms"].get(arm)
+    return {r["round"] for r in data["rounds"] if r["arity"] in HIGH_ARITIES} if data else set()
+
+
+def _hits(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    validations = sum(r["validations"] for r in rows)
+    hits = sum(r["hits"] for r in rows)
+    return {"validations": validations, "hits": hits,
+            "hits_per_100": 100 * hits / validations if validations else None}
 
 
 def _fmt(value: Any, digits: int = 1, pct: bool = False) -> str:
@@ -77,8 +94,10 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{_fmt(row['hits_per_100'])} | "
                      f"{_fmt(result['arms'][arm].get('wall_s'), 0)} |")
     if head["d_over_a"] is not None:
-        lines += ["", (f"Arm d ÷ arm a, hits per 100 validations on 4 + 5+ elements: "
-                       f"{head['d_over_a']:.2f} (target ≥ 2).")]
+        rounds = ", ".join(str(r) for r in head["d_over_a_rounds"])
+        lines += ["", (f"Arm d ÷ arm a, hits per 100 validations on 4 + 5+ elements in the "
+                       f"rounds both have scored ({rounds}): {head['d_over_a']:.2f} "
+                       "(target ≥ 2).")]
     return "\n".join(lines) + "\n"
 
 
