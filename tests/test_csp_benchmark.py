@@ -244,6 +244,24 @@ def test_ranked_at_1_follows_the_lowest_energy_candidate(tmp_path):
     json.dumps(rocksalt_low, allow_nan=False)
 
 
+def test_a_run_without_progress_bar_reports_each_composition_and_the_running_figures(tmp_path):
+    """One line per composition: its outcome, the figures so far and the time left."""
+    rows = [{"material_id": mid, "cif": str(CifWriter(structures()[mid]))}
+            for mid in ("v-NaCl", "v-CuZn")]
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    lines: list[str] = []
+    run_csp_benchmark(data, TwoPolymorphs(), 2, ks=(1, 2), progress=False, report=lines.append,
+                      relax=lambda batch: ([s.copy() for s in batch], [-2.0, -1.0]))
+    assert len(lines) == 2
+    by_formula = {line.split()[1].rstrip(":"): line for line in lines}
+    assert "match@2 yes, ranked@1 yes" in by_formula["NaCl"]
+    assert "match@2 yes, ranked@1 no" in by_formula["ZnCu"]
+    assert lines[0].startswith("1/2 ") and "so far match@2 100.0 %, ranked@1 100.0 %" in lines[0]
+    assert lines[1].startswith("2/2 ") and "so far match@2 100.0 %, ranked@1 50.0 %" in lines[1]
+    assert lines[1].endswith("0 min left")
+
+
 def test_relax_returning_the_wrong_number_of_energies_is_refused(val_csv):
     def relax(batch):
         return batch, []

@@ -271,7 +271,8 @@ def csp(
                    f"k = {', '.join(map(str, ks))}")
         result = run_csp_benchmark(data, gen, n, ks=ks, seed=seed, relax=relax_fn,
                                    progress=progress, journal=out / gen.name / "journal.jsonl",
-                                   resume=resume, run_key=run_key)
+                                   resume=resume, run_key=run_key,
+                                   report=lambda line, name=gen.name: typer.echo(f"{name} {line}"))
         if result["n_resumed"]:
             typer.echo(f"{gen.name}: {result['n_resumed']} compositions taken from the journal")
         if result["unreadable_targets"] and not results:

@@ -1,0 +1,85 @@
+"""Figures of a CSP benchmark run so far, read from its journal while it runs (or after a kill).
+
+A relaxed ``xtalloop benchmark csp`` run over 300 compositions takes hours on one core
+(about 35 s per MP-20 composition with CHGNet, minutes per 52-atom MPTS-52 one) and
+is resumed across sessions; its ``results.md`` is written only at the end. This prints
+the figures over the compositions finished, per arity, and, given the results of an
+unrelaxed run with the same data, seed and ``--n`` (same compositions, same order),
+the unrelaxed figures on exactly the same compositions, so "relaxation helped or hurt"
+is read on paired rows::
+
+    python benchmarks/csp_journal.py runs/mp20_relax/templates+wyckoff/journal.jsonl \\
+        --unrelaxed benchmarks/results/mp20_val_n300_pool_fill/templates+wyckoff/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xtalloop.benchmark.csp import ARITY_LABELS
+from xtalloop.benchmark.csp_scoring import summarise
+
+
+def read_journal(path: Path) -> tuple[dict, list[dict]]:
+    """The journal's settings (first line) and its records, one per finished composition."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SystemExit(f"{path}: empty journal")
+    header = json.loads(lines[0])
+    return header.get("key", {}), [json.loads(line) for line in lines[1:]]
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def table(records: list[dict], unrelaxed: dict[int, dict] | None, k: int) -> str:
+    """Markdown: one row per arity and one for all, relaxed figures beside unrelaxed ones."""
+    head = ["arity", "n", "match@1", f"match@{k}", "ranked@1", "ranked@1 ±25 meV"]
+    if unrelaxed is not None:
+        head += ["unrelaxed match@1", f"unrelaxed match@{k}"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = [(label, [r for r in records if r["arity"] == label]) for label in ARITY_LABELS]
+    for label, rows in groups + [("all", records)]:
+        if not rows:
+            continue
+        ranked = any(r.get("energy_per_atom") is not None for r in rows)
+        s = summarise(rows, [1, k], ranked)
+        cells = [label, str(len(rows)), pct(s["match_rate"]["1"]), pct(s["match_rate"][str(k)]),
+                 pct(s["ranked_match_rate"]["1"]), pct(s["window_match_rate"]["1"])]
+        if unrelaxed is not None:
+            paired = [unrelaxed[r["material_id"]] for r in rows if r["material_id"] in unrelaxed]
+            u = summarise(paired, [1, k], False) if len(paired) == len(rows) else None
+            cells += [pct(u["match_rate"]["1"]) if u else "unpaired",
+                      pct(u["match_rate"][str(k)]) if u else "unpaired"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("journal", type=Path)
+    parser.add_argument("--unrelaxed", type=Path, help="results.json of an unrelaxed run of the "
+                        "same data, seed and --n (compositions paired by material_id)")
+    args = parser.parse_args()
+    key, records = read_journal(args.journal)
+    k = int(key.get("k_max", 20))
+    unrelaxed = None
+    if args.unrelaxed:
+        other = json.loads(args.unrelaxed.read_text())
+        if other.get("seed") != key.get("seed") or other.get("n_compositions") != key.get(
+                "n_compositions"):
+            raise SystemExit(f"{args.unrelaxed}: another seed or --n than the journal")
+        unrelaxed = {r["material_id"]: r for r in other["per_composition"]}
+    wall = sum(r.get("wall_s", 0.0) for r in records)
+    print(f"{args.journal}: {len(records)} of {key.get('n_compositions')} compositions finished "
+          f"({key.get('generator')}, relax {key.get('relax')}, {key.get('relax_steps')} steps), "
+          f"{wall / max(len(records), 1):.0f} s per composition")
+    print()
+    print(table(records, unrelaxed, k))
+
+
+if __name__ == "__main__":
+    main()
