@@ -180,6 +180,30 @@ def test_defaults_and_ranked_at_1_with_emt(tmp_path):
     assert "Targets on the hull (≤ 1 meV/atom above it in the table, n=1)" in result.stdout
 
 
+def test_the_prefilters_rerank_picks_among_the_screens_lowest_distinct(tmp_path):
+    """--rerank relaxes the --rerank-top lowest distinct structures again; only those rank.
+
+    Cu gets bcc first and fcc second; EMT puts fcc lower. With one structure re-ranked, only
+    fcc has an energy (the pick stays right); the run's key names the re-rank.
+    """
+    val = emt_tables(tmp_path)
+    out = tmp_path / "bench"
+    result = invoke("--data", str(val), "--n", "3", "--k", "1,2",
+                    "--generator", "prototype_substitution", "--relax", "emt", "--rerank", "emt",
+                    "--rerank-top", "1", "--relax-steps", "100", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "prototype_substitution" / "results.json").read_text())
+    cu = next(r for r in records["per_composition"] if r["material_id"] == "v-Cu")
+    assert cu["energy_per_atom"][0] is None and cu["energy_per_atom"][1] is not None
+    assert cu["ranked_match"] is True
+    combined = json.loads((out / "results.json").read_text())
+    assert combined["rerank"] == {"model": "emt", "top": 1}
+    assert "the 1 lowest distinct again with emt" in result.stdout
+    header = json.loads((out / "prototype_substitution" / "journal.jsonl").read_text()
+                        .splitlines()[0])
+    assert header["key"]["rerank"] == "emt" and header["key"]["rerank_top"] == 1
+
+
 def test_a_killed_relaxed_run_resumes_from_its_journal(tmp_path):
     """Each finished composition is journaled; --resume computes only the rest and gives
     the same records; a journal of other settings is refused in one line."""
@@ -348,6 +372,10 @@ def test_parse_ks():
           "--reference-csv", "{missing}"], "reference table of prototype_substitution not found"),
         (["--data", "{csv}", "--generator", "random_symmetric", "--relax", "nonsense"],
          "unknown energy model"),
+        (["--data", "{csv}", "--generator", "random_symmetric", "--rerank", "emt"],
+         "--rerank needs --relax"),
+        (["--data", "{csv}", "--generator", "random_symmetric", "--relax", "emt",
+          "--rerank", "nonsense"], "--rerank: unknown energy model"),
         (["--data", "{csv}", "--generator", "prototype_substitution"],
          "no training split (train_partial.csv.gz) beside"),
         (["--data", "{csv}", "--generator", "prototype_substitution", "--reference-csv", "{csv}"],

@@ -376,3 +376,14 @@ def test_the_pick_within_the_energy_window_follows_the_generator_order():
     far = {"energy_per_atom": [RANK_WINDOW + 0.01, 0.0], "rms": [0.1, None]}
     assert not ranked_hit(far, RANK_WINDOW)
     assert not ranked_hit({"energy_per_atom": [None, None], "rms": [0.1, 0.1]}, RANK_WINDOW)
+
+
+def test_the_rerank_takes_one_structure_of_each_kind_in_energy_order():
+    """Equal structures (StructureMatcher's defaults) count once, the lowest-energy one kept."""
+    from xtalloop.benchmark.relax import _distinct
+
+    fcc = Structure(fcc_primitive(3.6), ["Cu"], [[0, 0, 0]])
+    bcc = Structure(Lattice.cubic(2.87), ["Cu", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    structures = [bcc, fcc, fcc.copy(), bcc.copy()]
+    assert _distinct([2, 0, 1, 3], structures) == [2, 0]
+    assert _distinct([3], structures) == [3] and _distinct([], structures) == []

@@ -210,6 +210,11 @@ def csp(
                                                 "file) and report ranked@1."),
     relax_fmax: float = typer.Option(0.05, min=0.0, help="Relaxation force threshold (eV/Å)."),
     relax_steps: int = typer.Option(300, min=1, help="Relaxation step limit."),
+    rerank: str | None = typer.Option(None, help="As the prefilter's rerank_model: relax the "
+                                                 "--rerank-top lowest distinct structures "
+                                                 "after --relax again with this model, whose "
+                                                 "energies alone rank (e.g. chgnet, then diep)."),
+    rerank_top: int = typer.Option(8, min=1, help="Distinct structures --rerank relaxes."),
     seed: int = typer.Option(0, help="Seeds the composition sample and every generator call."),
     out: Path = typer.Option(Path("csp-benchmark"), "--out", help="Folder for the results."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -229,6 +234,8 @@ def csp(
     from xtalloop.generators.prototype_substitution import read_structure_csv
 
     ks = parse_ks(k)
+    if rerank and not relax:
+        raise ConfigError("--rerank needs --relax (the model that screens first)")
     table = read_structure_csv(data)  # a missing or bad table fails here
     n_rows = min(n, len(table))
     data_max_atoms = largest_cell(table, data)  # no readable row fails here
@@ -262,9 +269,15 @@ def csp(
                                   str(templates.path) if templates else None, n_steps, device,
                                   default_max_atoms=data_max_atoms,
                                   wyckoff_checkpoint=wyckoff_checkpoint)
-    relax_fn = make_relax(relax, device, relax_fmax, relax_steps) if relax else None
+    relax_fn = make_relax(relax, device, relax_fmax, relax_steps, rerank, rerank_top) \
+        if relax else None
     run_key = {"relax": relax, "relax_fmax": relax_fmax, "relax_steps": relax_steps} if relax \
         else {}
+    relax_label = relax
+    if rerank:  # only then in the key: journals of runs without a re-rank stay resumable
+        run_key |= {"rerank": rerank, "rerank_top": rerank_top}
+        settings["rerank"] = {"model": rerank, "top": rerank_top}
+        relax_label = f"{relax}, the {rerank_top} lowest distinct again with {rerank}"
     results: dict[str, dict[str, Any]] = {}
     for gen in generators:
         typer.echo(f"{gen.name}: {n_rows} compositions of {data.name}, "
@@ -288,7 +301,7 @@ def csp(
         from xtalloop.benchmark.subsets import mark_hull_targets
 
         mark_hull_targets(results, str(data))
-    json_path, md_path, table_md = write_combined(results, out, relax, settings)
+    json_path, md_path, table_md = write_combined(results, out, relax_label, settings)
     typer.echo(table_md)
     typer.echo(f"results: {json_path}, {md_path}; per generator: "
                + ", ".join(f"{out / name}/" for name in results))

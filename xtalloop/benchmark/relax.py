@@ -25,7 +25,8 @@ Relax = Callable[[list[Structure]], tuple[list[Structure], list[float | None]]]
 UNRANKED_FAILURES = frozenset({"non-finite energy", "cell exploded"})
 
 
-def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
+def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | None = None,
+               rerank_top: int = 8) -> Relax:
     """A :data:`Relax` that relaxes all candidates of a composition in one batch.
 
     Parameters
@@ -39,12 +40,18 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
         Force threshold (eV/Å) and step limit of the batched FIRE relaxation
         (:class:`~xtalloop.rankers.batch_relax.BatchRelaxer`: one model call per
         step for every candidate not yet converged).
+    rerank, rerank_top
+        What the loop's prefilter does with ``rerank_model`` (the quickstart's CHGNet
+        screen, DIEP pick): the ``rerank_top`` lowest distinct structures after
+        ``spec`` (StructureMatcher's defaults, as the prefilter groups them) are
+        relaxed again with ``rerank``, and only their energies rank; the others keep
+        ``spec``'s structure and get no energy. ``None``: ``spec`` alone.
 
     Raises
     ------
     ConfigError
-        ``--relax: ...`` in one line if the model cannot be loaded (an unknown
-        name, a pretrained model's package or a model file missing).
+        ``--relax: ...`` (``--rerank: ...``) in one line if a model cannot be loaded
+        (an unknown name, a pretrained model's package or a model file missing).
 
     Returns
     -------
@@ -54,6 +61,39 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
         failed (a non-finite energy, a cell that blew up). A candidate that hit
         the step limit keeps its last energy.
     """
+    first = _batched(spec, "--relax", device, fmax, steps)
+    if rerank is None:
+        return first
+    second = _batched(rerank, "--rerank", device, fmax, steps)
+
+    def relax(structures: list[Structure]) -> tuple[list[Structure], list[float | None]]:
+        relaxed, energies = first(structures)
+        screened = sorted((e, i) for i, e in enumerate(energies) if e is not None)
+        picked = _distinct([i for _, i in screened], relaxed)[:rerank_top]
+        out: list[float | None] = [None] * len(structures)
+        if picked:
+            again, final = second([relaxed[i] for i in picked])
+            for i, structure, energy in zip(picked, again, final, strict=True):
+                relaxed[i], out[i] = structure, energy
+        return relaxed, out
+
+    return relax
+
+
+def _distinct(order: list[int], structures: list[Structure]) -> list[int]:
+    """The first of each group of equal structures (StructureMatcher's defaults), in ``order``."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    if len(order) < 2:
+        return list(order)
+    groups = StructureMatcher().group_structures([structures[i] for i in order])
+    position = {id(structures[i]): n for n, i in enumerate(order)}
+    # group_structures keeps input order inside a group: its first member is its lowest
+    return [order[n] for n in sorted(position[id(g[0])] for g in groups)]
+
+
+def _batched(spec: str, option: str, device: str, fmax: float, steps: int) -> Relax:
+    """One model's batched relaxation as a :data:`Relax`."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from xtalloop.errors import one_line
@@ -63,7 +103,7 @@ def make_relax(spec: str, device: str, fmax: float, steps: int) -> Relax:
     try:
         model = load_energy_model(spec, device)
     except XtalloopError as exc:  # an unknown name, a package or file missing
-        raise ConfigError(f"--relax: {exc}") from None
+        raise ConfigError(f"{option}: {exc}") from None
     relaxer = BatchRelaxer(model, fmax=fmax, steps=steps, progress=False)
 
     def relax(structures: list[Structure]) -> tuple[list[Structure], list[float | None]]:
