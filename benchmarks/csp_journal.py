@@ -20,6 +20,7 @@ from pathlib import Path
 
 from xtalloop.benchmark.csp import ARITY_LABELS
 from xtalloop.benchmark.csp_scoring import summarise
+from xtalloop.benchmark.subsets import HULL_COLUMNS, ON_HULL
 
 
 def read_journal(path: Path) -> tuple[dict, list[dict]]:
@@ -35,14 +36,33 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f} %"
 
 
-def table(records: list[dict], unrelaxed: dict[int, dict] | None, k: int) -> str:
-    """Markdown: one row per arity and one for all, relaxed figures beside unrelaxed ones."""
+def hull_groups(records: list[dict], data_csv: str) -> list[tuple[str, list[dict]]]:
+    """The records of targets on the data's hull (≤ ``ON_HULL`` eV/atom) and above it; none
+    where the table has no energy-above-hull column."""
+    import pandas as pd
+
+    wanted = {"material_id", *HULL_COLUMNS}
+    frame = pd.read_csv(data_csv, usecols=lambda c: c in wanted)
+    column = next((c for c in HULL_COLUMNS if c in frame.columns), None)
+    if column is None or "material_id" not in frame.columns:
+        return []
+    above = dict(zip(frame["material_id"].astype(str), frame[column], strict=True))
+    known = [r for r in records if pd.notna(above.get(str(r["material_id"])))]
+    on = [r for r in known if above[str(r["material_id"])] <= ON_HULL]
+    return [(f"on hull (≤ {1000 * ON_HULL:g} meV)", on),
+            ("above hull", [r for r in known if r not in on])]
+
+
+def table(records: list[dict], unrelaxed: dict[str, dict] | None, k: int,
+          extra: list[tuple[str, list[dict]]] = ()) -> str:
+    """Markdown: one row per arity, one for all and one per ``extra`` group, relaxed
+    figures beside unrelaxed ones."""
     head = ["arity", "n", "match@1", f"match@{k}", "ranked@1", "ranked@1 ±25 meV"]
     if unrelaxed is not None:
         head += ["unrelaxed match@1", f"unrelaxed match@{k}"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = [(label, [r for r in records if r["arity"] == label]) for label in ARITY_LABELS]
-    for label, rows in groups + [("all", records)]:
+    for label, rows in groups + [("all", records)] + list(extra):
         if not rows:
             continue
         ranked = any(r.get("energy_per_atom") is not None for r in rows)
@@ -78,7 +98,7 @@ def main() -> None:
           f"({key.get('generator')}, relax {key.get('relax')}, {key.get('relax_steps')} steps), "
           f"{wall / max(len(records), 1):.0f} s per composition")
     print()
-    print(table(records, unrelaxed, k))
+    print(table(records, unrelaxed, k, hull_groups(records, key["data_csv"])))
 
 
 if __name__ == "__main__":
