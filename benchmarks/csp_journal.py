@@ -25,6 +25,8 @@ from xtalloop.benchmark.subsets import HULL_COLUMNS, ON_HULL
 
 def read_journal(path: Path) -> tuple[dict, list[dict]]:
     """The journal's settings (first line) and its records, one per finished composition."""
+    if not path.is_file():
+        raise SystemExit(f"error: no journal at {path}")
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise SystemExit(f"{path}: empty journal")
@@ -95,7 +97,9 @@ def main() -> None:
         unrelaxed = {r["material_id"]: r for r in other["per_composition"]}
     wall = sum(r.get("wall_s", 0.0) for r in records)
     print(f"{args.journal}: {len(records)} of {key.get('n_compositions')} compositions finished "
-          f"({key.get('generator')}, relax {key.get('relax')}, {key.get('relax_steps')} steps), "
+          f"({key.get('generator')}, relax {key.get('relax')}, {key.get('relax_steps')} steps"
+          + (f", re-ranked by {key['rerank']} (top {key.get('rerank_top')})" if key.get("rerank")
+             else "") + "), "
           f"{wall / max(len(records), 1):.0f} s per composition")
     print()
     print(table(records, unrelaxed, k, hull_groups(records, key["data_csv"])))
