@@ -20,7 +20,7 @@ from pathlib import Path
 
 from xtalloop.benchmark.csp import ARITY_LABELS
 from xtalloop.benchmark.csp_scoring import summarise
-from xtalloop.benchmark.subsets import HULL_COLUMNS, ON_HULL
+from xtalloop.benchmark.subsets import ON_HULL, hull_energies
 
 
 def read_journal(path: Path) -> tuple[dict, list[dict]]:
@@ -43,12 +43,9 @@ def hull_groups(records: list[dict], data_csv: str) -> list[tuple[str, list[dict
     where the table has no energy-above-hull column."""
     import pandas as pd
 
-    wanted = {"material_id", *HULL_COLUMNS}
-    frame = pd.read_csv(data_csv, usecols=lambda c: c in wanted)
-    column = next((c for c in HULL_COLUMNS if c in frame.columns), None)
-    if column is None or "material_id" not in frame.columns:
+    above = hull_energies(data_csv)
+    if above is None:
         return []
-    above = dict(zip(frame["material_id"].astype(str), frame[column], strict=True))
     known = [r for r in records if pd.notna(above.get(str(r["material_id"])))]
     on = [r for r in known if above[str(r["material_id"])] <= ON_HULL]
     return [(f"on hull (≤ {1000 * ON_HULL:g} meV)", on),

@@ -74,6 +74,19 @@ ON_HULL = 0.001
 HULL_COLUMNS = ("e_above_hull", "energy_above_hull")
 
 
+def hull_energies(data_csv: str) -> dict[str, float] | None:
+    """Each target's energy above the hull (eV/atom) by ``material_id``, NaN where unknown;
+    ``None`` where the table has no such column or no ``material_id``."""
+    import pandas as pd
+
+    wanted = {"material_id", *HULL_COLUMNS}
+    table = pd.read_csv(data_csv, usecols=lambda c: c in wanted)  # one read, no CIFs
+    column = next((c for c in HULL_COLUMNS if c in table.columns), None)
+    if column is None or "material_id" not in table.columns:
+        return None
+    return dict(zip(table["material_id"].astype(str), table[column], strict=True))
+
+
 def mark_hull_targets(results: dict[str, dict[str, Any]], data_csv: str) -> int | None:
     """Add ``on_hull`` and ``above_hull`` summaries (targets ≤ / > :data:`ON_HULL` eV/atom).
 
@@ -82,12 +95,9 @@ def mark_hull_targets(results: dict[str, dict[str, Any]], data_csv: str) -> int 
     """
     import pandas as pd
 
-    wanted = {"material_id", *HULL_COLUMNS}
-    table = pd.read_csv(data_csv, usecols=lambda c: c in wanted)  # one read, no CIFs
-    column = next((c for c in HULL_COLUMNS if c in table.columns), None)
-    if column is None or "material_id" not in table.columns:
+    above = hull_energies(data_csv)
+    if above is None:
         return None
-    above = dict(zip(table["material_id"].astype(str), table[column], strict=True))
     n_on = 0
     for result in results.values():
         records = result["per_composition"]
