@@ -56,7 +56,8 @@ def table(records: list[dict], unrelaxed: dict[str, dict] | None, k: int,
           extra: list[tuple[str, list[dict]]] = ()) -> str:
     """Markdown: one row per arity, one for all and one per ``extra`` group, relaxed
     figures beside unrelaxed ones."""
-    head = ["arity", "n", "match@1", f"match@{k}", "ranked@1", "ranked@1 ±25 meV"]
+    head = ["arity", "n", "match@1", f"match@{k}", "ranked@1", "ranked@1 ±25 meV",
+            "first+lowest@2", "match@2"]
     if unrelaxed is not None:
         head += ["unrelaxed match@1", f"unrelaxed match@{k}"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -65,9 +66,10 @@ def table(records: list[dict], unrelaxed: dict[str, dict] | None, k: int,
         if not rows:
             continue
         ranked = any(r.get("energy_per_atom") is not None for r in rows)
-        s = summarise(rows, [1, k], ranked)
+        s = summarise(rows, [1, 2, k], ranked)
         cells = [label, str(len(rows)), pct(s["match_rate"]["1"]), pct(s["match_rate"][str(k)]),
-                 pct(s["ranked_match_rate"]["1"]), pct(s["window_match_rate"]["1"])]
+                 pct(s["ranked_match_rate"]["1"]), pct(s["window_match_rate"]["1"]),
+                 pct(s["pair_match_rate"]["2"]), pct(s["match_rate"]["2"])]
         if unrelaxed is not None:
             paired = [unrelaxed[r["material_id"]] for r in rows if r["material_id"] in unrelaxed]
             u = summarise(paired, [1, k], False) if len(paired) == len(rows) else None

@@ -13,7 +13,7 @@ from pymatgen.io.cif import CifWriter
 
 from xtalloop.benchmark import run_csp_benchmark, write_results
 from xtalloop.benchmark.csp import ARITY_LABELS
-from xtalloop.benchmark.csp_scoring import RANK_WINDOW, ranked_hit
+from xtalloop.benchmark.csp_scoring import RANK_WINDOW, pair_hit, ranked_hit, summarise
 from xtalloop.errors import DataError
 from xtalloop.generators.base import Candidate
 from xtalloop.generators.prototype_substitution import PrototypeSubstitutionGenerator
@@ -387,3 +387,16 @@ def test_the_rerank_takes_one_structure_of_each_kind_in_energy_order():
     structures = [bcc, fcc, fcc.copy(), bcc.copy()]
     assert _distinct([2, 0, 1, 3], structures) == [2, 0]
     assert _distinct([3], structures) == [3] and _distinct([], structures) == []
+
+
+def test_the_pair_is_the_generators_first_relaxed_candidate_and_the_lowest():
+    first = {"energy_per_atom": [-1.0, -1.2, -1.1], "rms": [0.1, None, None]}
+    lowest = {"energy_per_atom": [-1.0, -1.2, -1.1], "rms": [None, 0.1, None]}
+    third = {"energy_per_atom": [-1.0, -1.2, -1.1], "rms": [None, None, 0.1]}
+    unrelaxed_first = {"energy_per_atom": [None, -1.1, -1.2], "rms": [None, 0.2, None]}
+    assert pair_hit(first) and pair_hit(lowest) and not pair_hit(third)
+    # a candidate whose relaxation failed is no pick: the first that relaxed (second) is
+    assert pair_hit(unrelaxed_first)
+    rows = [dict(r, n_candidates=3) for r in (first, lowest, third)]
+    assert summarise(rows, [1], ranked=True)["pair_match_rate"]["2"] == pytest.approx(2 / 3)
+    assert summarise(rows, [1], ranked=False)["pair_match_rate"]["2"] is None

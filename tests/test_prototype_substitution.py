@@ -15,6 +15,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from xtalloop.errors import DataError, XtalloopError
 from xtalloop.generators import Generator
+from xtalloop.generators.base import PRIOR_RANK
 from xtalloop.generators.prototype_substitution import (
     PrototypeSubstitutionGenerator,
     load_reference_set,
@@ -121,6 +122,8 @@ def test_candidates_are_distinct_prototypes_most_probable_first(reference):
     # rocksalt, B2 (CsCl, NaCl-B2 and CuZn give the same one) and zincblende
     assert sorted(c.metadata["space_group"] for c in candidates) == [216, 221, 225]
     assert [c.index for c in candidates] == list(range(len(candidates)))
+    # the order is a ranking, which the prefilter's prior_picks reads
+    assert [c.metadata[PRIOR_RANK] for c in candidates] == list(range(len(candidates)))
     matcher = StructureMatcher()
     for i, a in enumerate(candidates):
         assert a.structure.composition.reduced_formula == "KBr"

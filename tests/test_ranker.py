@@ -192,3 +192,75 @@ def test_reference_phases_are_relaxed_once_per_process_model_and_settings(monkey
     assert third.structure == first.structure and third.structure != again.structure
     with pytest.raises(AssertionError, match="relaxed again"):  # other settings: relaxed
         MLRanker(model="emt", steps=41, progress=False).reference_phases(["Cu"])
+
+
+def _ranked(candidates_: list[Candidate], ranks: dict[int, int]) -> list[Candidate]:
+    """The candidates with a generator ranking (``prior_rank``) on the ones in ``ranks``."""
+    from xtalloop.generators.base import PRIOR_RANK
+
+    for c in candidates_:
+        if c.index in ranks:
+            c.metadata[PRIOR_RANK] = ranks[c.index]
+    return candidates_
+
+
+def _layered() -> Structure:
+    """A hexagonal CuAu that EMT relaxes to a structure of its own, above B2/L1_0."""
+    return Structure(Lattice.hexagonal(2.9, 7.1), ["Cu", "Cu", "Au", "Au"],
+                     [[0, 0, 0], [1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.25], [0, 0, 0.75]])
+
+
+def test_prior_picks_take_the_generators_first_then_the_lowest_energy():
+    pool = [*candidates(), Candidate(_layered(), "test", 0, 4)]
+    by_energy = MLRanker(model="emt", top_k=1, progress=False).rank(Composition("CuAu"), pool)
+    lowest = by_energy.picks[0]
+    assert lowest.provenance["index"] != 4  # the model does not favour the layered cell
+    pool = _ranked([*candidates(), Candidate(_layered(), "test", 0, 4)], {4: 0, 0: 1})
+    ranking = MLRanker(model="emt", top_k=2, prior_picks=1, progress=False).rank(
+        Composition("CuAu"), pool)
+    first, second = ranking.picks
+    assert first.provenance["index"] == 4 and first.picked_by == "prior"
+    assert second.picked_by == "energy"
+    assert second.energy_per_atom == pytest.approx(lowest.energy_per_atom)
+    assert first.energy_per_atom > second.energy_per_atom  # kept although higher
+    # with one pick, the generator's favourite is all DFT gets
+    alone = MLRanker(model="emt", top_k=1, prior_picks=1, progress=False).rank(
+        Composition("CuAu"), pool)
+    assert [p.provenance["index"] for p in alone.picks] == [4]
+
+
+def test_candidates_without_a_generator_ranking_are_picked_by_energy():
+    plain = MLRanker(model="emt", top_k=2, progress=False).rank(Composition("CuAu"), candidates())
+    prior = MLRanker(model="emt", top_k=2, prior_picks=1, progress=False).rank(
+        Composition("CuAu"), candidates())  # random samples: no prior_rank
+    assert [p.energy_per_atom for p in prior.picks] == [p.energy_per_atom for p in plain.picks]
+    assert all(p.picked_by == "energy" for p in prior.picks)
+
+
+def test_the_rerank_keeps_the_prior_pick():
+    pool = _ranked([*candidates(), Candidate(_layered(), "test", 0, 4)], {4: 0})
+    ranking = MLRanker(model="emt", top_k=2, prior_picks=1, rerank_model="emt", rerank_top=2,
+                       progress=False).rank(Composition("CuAu"), pool)
+    assert ranking.picks[0].provenance["index"] == 4 and ranking.picks[0].picked_by == "prior"
+    assert [p.picked_by for p in ranking.picks[1:]] == ["energy"]
+
+
+def test_prior_picks_beyond_top_k_are_refused_naming_the_key():
+    from pydantic import ValidationError
+
+    from xtalloop.config import PrefilterConfig
+
+    with pytest.raises(ValidationError, match="prior_picks"):
+        PrefilterConfig(top_k=1, prior_picks=2)
+
+
+def test_the_run_config_hands_prior_picks_to_the_prefilter_job():
+    from xtalloop.config import RunConfig
+    from xtalloop.workflows.csp import csp_flow_maker
+
+    config = RunConfig.model_validate({
+        "compositions": ["NaCl"], "prefilter": {"model": "emt", "top_k": 2, "prior_picks": 1},
+        "generate": {"sources": [{"kind": "prototype_substitution", "reference_csv": "aflow"}]},
+    })
+    maker = csp_flow_maker(config, {"id": "r", "name": "r"}, progress=False)
+    assert maker.prefilter_maker.prior_picks == 1

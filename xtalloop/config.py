@@ -69,6 +69,9 @@ class PrefilterConfig(_Section):
     eV/atom); 0 is pure exploitation. ``rerank_model`` lets a second, more
     accurate model order the ``rerank_top`` best distinct structures the first
     one found, at a fraction of the cost of relaxing everything with it.
+    ``prior_picks`` gives some of the ``top_k`` picks to the generators' own
+    ranking: the energy model and the generator err on different compositions
+    (:attr:`~xtalloop.rankers.ml_ranker.MLRanker.prior_picks`).
     """
 
     model: str = Field("chgnet", description="'chgnet', 'sevennet' ('sevennet:7net-0'), 'diep', "
@@ -88,6 +91,16 @@ class PrefilterConfig(_Section):
                                      "rerank_top best distinct structures again and picks "
                                      "among them (e.g. diep); null: none")
     rerank_top: int = Field(8, ge=1, description="distinct structures rerank_model relaxes")
+    prior_picks: int = Field(0, ge=0, description="of the top_k picks, this many in the "
+                             "generators' own ranking (prototype substitution, wyckoff) before "
+                             "the rest by energy; 0: all by energy")
+
+    @model_validator(mode="after")
+    def _prior_picks_within_top_k(self) -> PrefilterConfig:
+        if self.prior_picks > self.top_k:
+            raise ValueError(f"prior_picks ({self.prior_picks}) is more than top_k "
+                             f"({self.top_k}): at most top_k picks are made")
+        return self
 
     @field_validator("rerank_model")
     @classmethod

@@ -10,6 +10,13 @@ from monty.json import MSONable
 from pymatgen.core import Composition, Structure
 
 
+#: Candidate metadata key: the candidate's place in its generator's own ranking (0: the
+#: generator's best guess), set by generators whose output order is a ranking (prototype
+#: substitution, the Wyckoff model) and not by samplers; the prefilter's ``prior_picks``
+#: reads it.
+PRIOR_RANK = "prior_rank"
+
+
 @dataclass
 class Candidate(MSONable):
     """A generated structure and where it came from.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pymatgen.core import Composition, Element, Species, Structure
 
-from xtalloop.generators.base import Candidate, too_close
+from xtalloop.generators.base import PRIOR_RANK, Candidate, too_close
 from xtalloop.generators.prototype_library import is_library_row
 from xtalloop.generators.random_symmetric import space_group_counts
 from xtalloop.generators.reference_set import (  # noqa: F401  (also imported from here)
@@ -166,6 +166,7 @@ class PrototypeSubstitutionGenerator:
                     seed=seed,
                     index=len(candidates),
                     metadata={
+                        PRIOR_RANK: len(candidates),
                         "template_id": reference.ids[option.row],
                         "template_formula": reference.reduced_formulas[option.row],
                         "space_group": space_group,

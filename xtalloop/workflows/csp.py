@@ -81,6 +81,7 @@ def csp_flow_maker(
             top_k=config.prefilter.top_k, max_e_above_hull=config.prefilter.max_e_above_hull,
             explore_weight=config.prefilter.explore_weight,
             rerank_model=config.prefilter.rerank_model, rerank_top=config.prefilter.rerank_top,
+            prior_picks=config.prefilter.prior_picks,
             store=store, progress=progress,
         ),
         validate_maker=ValidateMaker(

@@ -45,6 +45,9 @@ class PrefilterMaker(Maker):
     rerank_model, rerank_top
         A second model that relaxes the ``rerank_top`` best distinct structures
         again and picks among them (``None``: none).
+    prior_picks
+        Of the ``top_k`` picks, this many in the generators' own ranking before the
+        rest by energy (see :class:`MLRanker`).
     store
         A dumped :class:`~xtalloop.config.StoreConfig`: where the registry is.
     progress
@@ -63,22 +66,25 @@ class PrefilterMaker(Maker):
     explore_weight: float = 0.0
     rerank_model: str | None = None
     rerank_top: int = 8
+    prior_picks: int = 0
     store: dict[str, Any] | None = None
     progress: bool = True
 
     @job
     def make(self, formula: str, candidates: list[Candidate]) -> Ranking:
-        """Relax ``candidates`` of ``formula`` and keep the ``top_k`` lowest-energy distinct ones."""
+        """Relax ``candidates`` of ``formula`` and keep ``top_k`` distinct ones: the
+        ``prior_picks`` the generators rank first, then the lowest in energy."""
         from xtalloop.learn.registry import resolve_model
 
         composition = parse_composition(formula, charge_balance="off")
         spec, registry_id = resolve_model(self.model, self.base_model, self.store,
                                           [el.symbol for el in composition.elements])
         ranker = MLRanker(
-            model=spec, device=self.device, precision=self.precision, fmax=self.fmax, steps=self.steps,
+            model=spec, device=self.device, precision=self.precision, fmax=self.fmax,
+            steps=self.steps,
             top_k=self.top_k, max_e_above_hull=self.max_e_above_hull,
             explore_weight=self.explore_weight, rerank_model=self.rerank_model,
-            rerank_top=self.rerank_top, progress=self.progress,
+            rerank_top=self.rerank_top, prior_picks=self.prior_picks, progress=self.progress,
         )
         ranking = ranker.rank(composition, candidates)
         funnel = ranking.funnel

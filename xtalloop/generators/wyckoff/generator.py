@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 
-from xtalloop.generators.base import Candidate, closest_approach
+from xtalloop.generators.base import PRIOR_RANK, Candidate, closest_approach
 from xtalloop.generators.wyckoff.checkpoint import (
     DEFAULT_CHECKPOINT,
     LoadedWyckoff,
@@ -170,7 +170,8 @@ class WyckoffGenerator:
             logger.info("wyckoff: %d of %d candidates for %s", len(found), n, reduced.formula)
         found.sort(key=lambda item: -item[0])
         return [Candidate(structure=s, generator=self.name, seed=seed, index=i,
-                          metadata={**meta, "checkpoint": loaded.checkpoint_hash[:16]})
+                          metadata={**meta, PRIOR_RANK: i,
+                                    "checkpoint": loaded.checkpoint_hash[:16]})
                 for i, (_, s, meta) in enumerate(found)]
 
 
