@@ -104,7 +104,7 @@ def test_two_generators_in_one_run(work):
     assert combined["max_atoms"] == 8 and combined["templates"]["n_refused"] == 0
     table = (bench / "results.md").read_text()
     assert "| match@1 | match@2 |" in table and "| ranked@1 |" in table
-    assert table.count("| n/a |") == 2  # ranked@1 of both generators: not relaxed
+    assert table.count("n/a") == 6  # ranked@1, its window and the pair, both generators: not relaxed
     per_generator = {
         name: json.loads((bench / name / "results.json").read_text())
         for name in combined["generators"]
@@ -374,6 +374,8 @@ def test_parse_ks():
          "unknown energy model"),
         (["--data", "{csv}", "--generator", "random_symmetric", "--rerank", "emt"],
          "--rerank needs --relax"),
+        (["--data", "{csv}", "--generator", "random_symmetric", "--relax", "emt",
+          "--rerank-first"], "--rerank-first needs --rerank"),
         (["--data", "{csv}", "--generator", "random_symmetric", "--relax", "emt",
           "--rerank", "nonsense"], "--rerank: unknown energy model"),
         (["--data", "{csv}", "--generator", "prototype_substitution"],

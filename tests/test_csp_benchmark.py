@@ -400,3 +400,17 @@ def test_the_pair_is_the_generators_first_relaxed_candidate_and_the_lowest():
     rows = [dict(r, n_candidates=3) for r in (first, lowest, third)]
     assert summarise(rows, [1], ranked=True)["pair_match_rate"]["2"] == pytest.approx(2 / 3)
     assert summarise(rows, [1], ranked=False)["pair_match_rate"]["2"] is None
+
+
+def test_rerank_first_relaxes_the_generators_first_candidate_again_whatever_its_energy():
+    from xtalloop.benchmark.relax import make_relax
+
+    fcc = Structure(fcc_primitive(3.6), ["Cu"], [[0, 0, 0]])
+    bcc = Structure(Lattice.cubic(2.87), ["Cu", "Cu"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    # EMT puts fcc Cu below bcc: the second model's one slot goes to fcc, unless the
+    # generator's first candidate (bcc here) is kept for it
+    _, energies = make_relax("emt", "cpu", 0.05, 50, rerank="emt", rerank_top=1)([bcc, fcc])
+    assert energies[0] is None and energies[1] is not None
+    _, energies = make_relax("emt", "cpu", 0.05, 50, rerank="emt", rerank_top=1,
+                             rerank_first=True)([bcc, fcc])
+    assert energies[0] is not None and energies[1] is None

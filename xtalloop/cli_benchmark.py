@@ -218,6 +218,9 @@ def csp(
                                                  "after --relax again with this model, whose "
                                                  "energies alone rank (e.g. chgnet, then diep)."),
     rerank_top: int = typer.Option(8, min=1, help="Distinct structures --rerank relaxes."),
+    rerank_first: bool = typer.Option(
+        False, "--rerank-first", help="--rerank relaxes the generator's first candidate too "
+        "(what the loop's second model ranks with prefilter.prior_picks: 1)."),
     seed: int = typer.Option(0, help="Seeds the composition sample and every generator call."),
     out: Path = typer.Option(Path("csp-benchmark"), "--out", help="Folder for the results."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -239,6 +242,8 @@ def csp(
     ks = parse_ks(k)
     if rerank and not relax:
         raise ConfigError("--rerank needs --relax (the model that screens first)")
+    if rerank_first and not rerank:
+        raise ConfigError("--rerank-first needs --rerank (the model that relaxes the first again)")
     table = read_structure_csv(data)  # a missing or bad table fails here
     n_rows = min(n, len(table))
     data_max_atoms = largest_cell(table, data)  # no readable row fails here
@@ -272,8 +277,8 @@ def csp(
                                   str(templates.path) if templates else None, n_steps, device,
                                   default_max_atoms=data_max_atoms,
                                   wyckoff_checkpoint=wyckoff_checkpoint)
-    relax_fn = make_relax(relax, device, relax_fmax, relax_steps, rerank, rerank_top) \
-        if relax else None
+    relax_fn = make_relax(relax, device, relax_fmax, relax_steps, rerank, rerank_top,
+                          rerank_first) if relax else None
     run_key = {"relax": relax, "relax_fmax": relax_fmax, "relax_steps": relax_steps} if relax \
         else {}
     relax_label = relax
@@ -281,6 +286,9 @@ def csp(
         run_key |= {"rerank": rerank, "rerank_top": rerank_top}
         settings["rerank"] = {"model": rerank, "top": rerank_top}
         relax_label = f"{relax}, the {rerank_top} lowest distinct again with {rerank}"
+        if rerank_first:
+            run_key["rerank_first"] = settings["rerank"]["first"] = True
+            relax_label += " (the generator's first among them)"
     results: dict[str, dict[str, Any]] = {}
     for gen in generators:
         typer.echo(f"{gen.name}: {n_rows} compositions of {data.name}, "

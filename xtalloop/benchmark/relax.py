@@ -26,7 +26,7 @@ UNRANKED_FAILURES = frozenset({"non-finite energy", "cell exploded"})
 
 
 def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | None = None,
-               rerank_top: int = 8) -> Relax:
+               rerank_top: int = 8, rerank_first: bool = False) -> Relax:
     """A :data:`Relax` that relaxes all candidates of a composition in one batch.
 
     Parameters
@@ -46,6 +46,11 @@ def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | No
         ``spec`` (StructureMatcher's defaults, as the prefilter groups them) are
         relaxed again with ``rerank``, and only their energies rank; the others keep
         ``spec``'s structure and get no energy. ``None``: ``spec`` alone.
+    rerank_first
+        Re-relax the generator's first candidate (the first that ``spec`` relaxed) as
+        one of the ``rerank_top``, whatever its energy: the set the prefilter's second
+        model ranks with ``prior_picks: 1``, so that the first candidate has an energy
+        and the pair (first, lowest) is the loop's two picks.
 
     Raises
     ------
@@ -68,8 +73,12 @@ def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | No
 
     def relax(structures: list[Structure]) -> tuple[list[Structure], list[float | None]]:
         relaxed, energies = first(structures)
-        screened = sorted((e, i) for i, e in enumerate(energies) if e is not None)
-        picked = _distinct([i for _, i in screened], relaxed)[:rerank_top]
+        screened = [i for _, i in sorted((e, i) for i, e in enumerate(energies)
+                                         if e is not None)]
+        if rerank_first and screened:
+            top = min(screened)  # the generator's first candidate that relaxed
+            screened = [top] + [i for i in screened if i != top]
+        picked = _distinct(screened, relaxed)[:rerank_top]
         out: list[float | None] = [None] * len(structures)
         if picked:
             again, final = second([relaxed[i] for i in picked])
