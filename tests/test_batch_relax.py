@@ -64,6 +64,27 @@ def test_a_step_that_leaves_no_healthy_structure_ends_the_relaxation():
     assert not any(r.converged for r in results)
 
 
+def test_a_collapsed_cell_is_dropped_before_the_model_sees_it():
+    """An NH3 candidate substituted into a template at 0.4 Å³/atom took CHGNet's neighbour
+    lists to 23 GB: such a cell fails as "cell collapsed" and is never passed to the model."""
+    model = load_energy_model("emt")
+    seen = []
+
+    class Counting:
+        name, version, identity = "emt", "test", {}
+
+        def predict(self, atoms):
+            seen.extend(len(a) for a in atoms)
+            return model.predict(atoms)
+
+    collapsed = bulk("Cu", "fcc", a=1.4)  # 0.69 Å³/atom
+    results = BatchRelaxer(Counting(), fmax=0.05, steps=100, progress=False).relax(
+        [collapsed, bulk("Cu", "fcc", a=3.7)])
+    assert results[0].failure == "cell collapsed" and not results[0].converged
+    assert results[1].converged and results[1].failure is None
+    assert len(seen) == results[1].n_steps + 1  # only the healthy cell, once per step
+
+
 def test_cell_coordinates_and_forces_equal_ase_frechet_cell_filter_away_from_the_start():
     from xtalloop.rankers.frechet_cells import FrechetCells
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 Relax = Callable[[list[Structure]], tuple[list[Structure], list[float | None]]]
 
 #: Relaxation outcomes whose energy does not rank the candidate.
-UNRANKED_FAILURES = frozenset({"non-finite energy", "cell exploded"})
+UNRANKED_FAILURES = frozenset({"non-finite energy", "cell exploded", "cell collapsed"})
 
 
 def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | None = None,
@@ -63,7 +63,7 @@ def make_relax(spec: str, device: str, fmax: float, steps: int, rerank: str | No
     Relax
         Returns the relaxed structures in input order and each one's final
         energy per atom (eV/atom); the energy is None where the relaxation
-        failed (a non-finite energy, a cell that blew up). A candidate that hit
+        failed (a non-finite energy, a cell that blew up or collapsed). A candidate that hit
         the step limit keeps its last energy.
     """
     first = _batched(spec, "--relax", device, fmax, steps)
