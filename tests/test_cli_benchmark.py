@@ -104,7 +104,8 @@ def test_two_generators_in_one_run(work):
     assert combined["max_atoms"] == 8 and combined["templates"]["n_refused"] == 0
     table = (bench / "results.md").read_text()
     assert "| match@1 | match@2 |" in table and "| ranked@1 |" in table
-    assert table.count("n/a") == 6  # ranked@1, its window and the pair, both generators: not relaxed
+    # ranked@1, its window and the pair, for both generators: not relaxed
+    assert table.count("n/a") == 6
     per_generator = {
         name: json.loads((bench / name / "results.json").read_text())
         for name in combined["generators"]

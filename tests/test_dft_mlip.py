@@ -83,6 +83,33 @@ def test_run_validates_with_the_ml_potential_and_keeps_its_hull_apart(tmp_path,
             db.get_reference("Cu", emt_key)["energy_per_atom"], abs=0.1)
 
 
+def test_a_prior_pick_is_validated_and_stored_as_one(tmp_path, one_torch_thread):
+    """With ``prior_picks: 1`` the generator's favourite is validated beside the energy
+    pick: EMT puts a random Ni3Al cell below the first AFLOW prototype substitution
+    (D0_3, Fm-3m), and both go to the validator, each stored with its reason."""
+    config = RunConfig.model_validate({
+        "name": "prior", "compositions": ["Ni3Al"], "charge_balance": "off",
+        "generate": {"seed": 0, "max_atoms": 8, "sources": [
+            {"kind": "random_symmetric", "n": 6},
+            {"kind": "prototype_substitution", "n": 6, "reference_csv": "aflow"}]},
+        "prefilter": {"model": "emt", "top_k": 2, "prior_picks": 1, "steps": 100},
+        "dft": {"code": "mlip", "mlip": {"model": "emt", "steps": 100}},
+        "store": {"path": str(tmp_path / "store")},
+        "output_dir": str(tmp_path / "runs"),
+    })
+    result = execute(config, progress=False, run_id="prior")
+    assert result.failed_jobs == []
+    with ResultsDB(config.store) as db:
+        docs = db.find_validated(formula="AlNi3")
+    by = {d["prefilter"]["picked_by"]: d for d in docs}
+    assert set(by) == {"prior", "energy"}
+    prior = by["prior"]
+    assert prior["generator"]["generator"] == "prototype_substitution"
+    assert prior["generator"]["prior_rank"] == 0
+    # picked although the prefilter put it above the energy pick
+    assert prior["prefilter"]["energy_per_atom"] > by["energy"]["prefilter"]["energy_per_atom"]
+
+
 @pytest.mark.parametrize("dft, where", [
     ({"code": "mlip", "mlip": {"model": "nonsense"}}, "dft.mlip.model: unknown model"),
     ({"code": "mlip", "mlip": {"model": "registry"}}, "dft.mlip.model: unknown model"),

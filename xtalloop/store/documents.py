@@ -72,6 +72,9 @@ class PrefilterProvenance(_Open):
     e_above_hull: float | None = None
     rank: int | None = None
     n_duplicates: int | None = None
+    picked_by: str | None = None
+    """``energy`` or ``prior`` (the generators' own ranking, ``prefilter.prior_picks``);
+    ``None`` in documents written before the choice existed."""
 
 
 class DFTResult(_Open):

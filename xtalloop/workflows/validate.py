@@ -220,6 +220,7 @@ def record_validation(
                     "e_above_hull": pick.e_above_hull,
                     "rank": pick.rank,
                     "n_duplicates": pick.n_duplicates,
+                    "picked_by": pick.picked_by,
                 },
                 "run": run,
                 "xtalloop_version": __version__,
