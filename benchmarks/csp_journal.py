@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("journal", type=Path)
     parser.add_argument("--unrelaxed", type=Path, help="results.json of an unrelaxed run of the "
                         "same data, seed and --n (compositions paired by material_id)")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the picks per arity: "
+                        "ranked@1, the generator's first, the two of them, its first two")
     args = parser.parse_args()
     key, records = read_journal(args.journal)
     k = int(key.get("k_max", 20))
@@ -102,6 +104,29 @@ def main() -> None:
           f"{wall / max(len(records), 1):.0f} s per composition")
     print()
     print(table(records, unrelaxed, k, hull_groups(records, key["data_csv"])))
+    if args.plot:
+        print(f"\nplot: {plot(records, k, key, args.plot)}")
+
+
+def plot(records: list[dict], k: int, key: dict, path: Path) -> Path:
+    """Bars per arity: the energy pick, the generator's pick, and the pairs of them."""
+    from xtalloop.benchmark.csp_plot import rate_bars
+
+    groups = {"all": records} | {label: [r for r in records if r["arity"] == label]
+                                 for label in ARITY_LABELS}
+    groups = {g: rows for g, rows in groups.items() if rows}
+    summaries = {g: summarise(rows, [1, 2, k], True) for g, rows in groups.items()}
+    series = {
+        "lowest energy (ranked@1)": {g: s["ranked_match_rate"]["1"] for g, s in summaries.items()},
+        "generator's first (match@1)": {g: s["match_rate"]["1"] for g, s in summaries.items()},
+        "first + lowest (2 picks)": {g: s["pair_match_rate"]["2"] for g, s in summaries.items()},
+        "generator's first two (match@2)": {g: s["match_rate"]["2"] for g, s in summaries.items()},
+        f"any of {k} (match@{k})": {g: s["match_rate"][str(k)] for g, s in summaries.items()},
+    }
+    title = (f"{key.get('generator')}, relaxed with {key.get('relax')}"
+             + (f", re-ranked by {key['rerank']}" if key.get("rerank") else ""))
+    return rate_bars(series, {g: len(rows) for g, rows in groups.items()}, title, path,
+                     ylabel="known structure picked")
 
 
 if __name__ == "__main__":

@@ -272,15 +272,14 @@ def _progress_line(record: dict[str, Any], done: int, total: int, k_max: int, ru
 
 def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``results.json`` and ``match_rate.png`` (match rate per arity, one bar per k,
-    and one for ranked@1 when the candidates were relaxed).
+    and ranked@1 and first+lowest@2 when the candidates were relaxed).
 
     Returns
     -------
     tuple of Path
         The JSON file and the PNG plot.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from xtalloop.benchmark.csp_plot import rate_bars
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,34 +287,18 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
     json_path.write_text(json.dumps(result, indent=2) + "\n")
 
     groups = ["all", *ARITY_LABELS]
-    rates = {"all": result["match_rate"]} | {
-        label: result["per_arity"][label]["match_rate"] for label in ARITY_LABELS
-    }
+    per = {"all": result} | {label: result["per_arity"][label] for label in ARITY_LABELS}
     counts = {"all": result["n_compositions"]} | {
         label: result["per_arity"][label]["n"] for label in ARITY_LABELS
     }
-    series = {f"k = {k}": {g: rates[g][str(k)] for g in groups} for k in result["ks"]}
+    series = {f"k = {k}": {g: per[g]["match_rate"][str(k)] for g in groups}
+              for k in result["ks"]}
     if result["ranked_match_rate"]["1"] is not None:
-        series["ranked@1"] = {"all": result["ranked_match_rate"]["1"]} | {
-            label: result["per_arity"][label]["ranked_match_rate"]["1"] for label in ARITY_LABELS
-        }
-    figure = Figure(figsize=(7, 4))
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
-    x = np.arange(len(groups))
-    width = 0.8 / len(series)
-    for i, (label, values) in enumerate(series.items()):
-        heights = [values[g] if values[g] is not None else 0.0 for g in groups]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label)
-    ax.set_xticks(x, [f"{g}\n(n={counts[g]})" for g in groups])
-    ax.set_xlabel("distinct elements")
-    ax.set_ylabel("match rate")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{result['generator']} on {Path(result['data_csv']).name}")
-    ax.legend()
-    figure.tight_layout()
-    png_path = out / "match_rate.png"
-    figure.savefig(png_path, dpi=120)
+        series["ranked@1"] = {g: per[g]["ranked_match_rate"]["1"] for g in groups}
+        if result.get("pair_match_rate"):
+            series["first+lowest@2"] = {g: per[g]["pair_match_rate"]["2"] for g in groups}
+    png_path = rate_bars(series, counts, f"{result['generator']} on "
+                         f"{Path(result['data_csv']).name}", out / "match_rate.png")
     return json_path, png_path
 
 
