@@ -140,9 +140,9 @@ class MLRanker:
         Of the ``top_k`` picks, this many are taken in the generator's own order
         (the candidates' ``prior_rank``: prototype substitution's most probable
         substitution, the Wyckoff model's likeliest crystal) before the rest by
-        energy. On 149 MP-20 val compositions (templates + Wyckoff pool, CHGNet):
-        the lowest-energy candidate matched 40.3 %, the generator's first 56.4 %,
-        and one of the two 73.2 % against 66.4 % for the generator's first two
+        energy. On 157 MP-20 val compositions (templates + Wyckoff pool, CHGNet):
+        the lowest-energy candidate matched 40.8 %, the generator's first 56.7 %,
+        and one of the two 72.6 % against 66.9 % for the generator's first two
         (``benchmarks/README.md``): the model and the generator err on different
         compositions. Candidates without a ``prior_rank`` (random sampling) are
         never prior picks.
