@@ -229,6 +229,17 @@ def test_prior_picks_take_the_generators_first_then_the_lowest_energy():
     assert [p.provenance["index"] for p in alone.picks] == [4]
 
 
+def test_a_prior_pick_carries_the_ranked_candidates_provenance():
+    """Under EMT the four CuAu starts relax to one structure, lowest from L1_0 (index 3);
+    the generator ranked B2 (index 0): the pick is B2's relaxed cell, with B2's provenance."""
+    ranking = MLRanker(model="emt", top_k=1, prior_picks=1, progress=False).rank(
+        Composition("CuAu"), _ranked(candidates(), {0: 0}))
+    assert ranking.funnel["unique"] == 1
+    (pick,) = ranking.picks
+    assert pick.picked_by == "prior" and pick.provenance["index"] == 0
+    assert pick.provenance["prior_rank"] == 0
+
+
 def test_candidates_without_a_generator_ranking_are_picked_by_energy():
     plain = MLRanker(model="emt", top_k=2, progress=False).rank(Composition("CuAu"), candidates())
     prior = MLRanker(model="emt", top_k=2, prior_picks=1, progress=False).rank(

@@ -42,10 +42,13 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
                   caption="E: DFT energy, E_hull: DFT energy above hull (eV/atom); "
                           "seed#i: generator seed and candidate index",
                   caption_justify="left")
+    # with prefilter.prior_picks, which rule sent each structure to DFT
+    prior = any(row.get("picked_by") == "prior" for row in rows)
     for column, justify in [
         ("formula", "left"), ("space group", "left"), ("E (eV/atom)", "right"),
         ("E_hull", "right"), ("atoms", "right"),
         ("generator", "left"), ("seed#i", "right"), ("converged", "center"),
+        *([("pick", "left")] if prior else []),
     ]:
         table.add_column(column, justify=justify, no_wrap=True)
     for row in rows:
@@ -58,6 +61,7 @@ def _table(rows: list[dict[str, Any]], title: str) -> None:
             str(row.get("generator", "")),
             f"{row.get('seed', '')}" + (f"#{row['index']}" if row.get("index") is not None else ""),
             "yes" if row.get("converged") else "no",
+            *([str(row.get("picked_by") or "")] if prior else []),
         )
     console = Console()
     if not console.is_terminal:  # logs and pipes: do not squeeze the table to 80 columns
@@ -271,6 +275,7 @@ def query(
                 "nsites": d["nsites"], "generator": d["generator"].get("generator"),
                 "seed": d["generator"].get("seed"), "index": d["generator"].get("index"),
                 "converged": d["dft"]["converged"],
+                "picked_by": (d.get("prefilter") or {}).get("picked_by"),
             }
             for d in docs
         ]

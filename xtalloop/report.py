@@ -251,6 +251,7 @@ def _best_structures(docs: list[dict[str, Any]], cif_dir: Path) -> list[dict[str
                      "energy_model": ((doc.get("prefilter") or {}).get("energy_model") or {}
                                       ).get("registry_id") or ((doc.get("prefilter") or {}).get(
                                           "energy_model") or {}).get("name"),
+                     "picked_by": (doc.get("prefilter") or {}).get("picked_by"),
                      "converged": doc["dft"]["converged"], "cif": f"cifs/{name}"})
     return rows
 
@@ -317,7 +318,7 @@ def _html(data: ReportData, figures: list[tuple[str, Path]], best: list[dict[str
     best_rows = [[
         _fmt(b["formula"]), _fmt(f"{b['space_group']} ({b['space_group_number']})"),
         str(b["nsites"]), _fmt(b["energy_per_atom"], 4), _fmt(b["e_above_hull"]),
-        str(b["round"]), _fmt(b["generator"]), _fmt(b["energy_model"]),
+        str(b["round"]), _fmt(b["generator"]), _fmt(b["energy_model"]), _fmt(b["picked_by"]),
         "yes" if b["converged"] else "no", f'<a href="{b["cif"]}">CIF</a>',
     ] for b in best]
     images = "".join(
@@ -346,7 +347,7 @@ hit rate = stable / DFT calls.</p>
         round_rows)}
 <h2>Best structure per composition</h2>
 {_table(["formula", "space group", "atoms", "E (eV/atom)", "E above hull (eV/atom)", "round",
-         "generator", "prefilter model", "converged", "file"], best_rows)}
+         "generator", "prefilter model", "picked by", "converged", "file"], best_rows)}
 <h2>Figures</h2>
 <p class="note">Hulls hold the phases of this store computed with the same DFT settings:
 elemental references and validated structures. A competing phase that no run has computed

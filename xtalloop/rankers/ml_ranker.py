@@ -73,12 +73,15 @@ class Ranking(MSONable):
 
 
 def _prior_order(groups: list[list[Structure]], index_of: dict[int, int],
-                 candidates: list[Candidate]) -> list[int]:
-    """Group representatives (indices into ``candidates``) in the generators' own order.
+                 candidates: list[Candidate]) -> list[tuple[int, int]]:
+    """Groups in the generators' own order: ``(representative, best-ranked member)``,
+    indices into ``candidates``.
 
     A group's place is its best-ranked member's ``(prior_rank, position in the input)``:
     with several ranking sources the first candidates of each come first, in the order
-    the sources were listed. Groups with no ranked member are left out.
+    the sources were listed. Groups with no ranked member are left out. The member is
+    what a prior pick sends on (its provenance says why it was picked; a random sample
+    that relaxed to the same structure lower in energy is the group's representative).
     """
     keyed = []
     for group in groups:
@@ -87,7 +90,7 @@ def _prior_order(groups: list[list[Structure]], index_of: dict[int, int],
                  if candidates[i].metadata.get(PRIOR_RANK) is not None]
         if ranks:
             keyed.append((min(ranks), index_of[id(group[0])]))
-    return [representative for _, representative in sorted(keyed)]
+    return [(representative, rank[1]) for rank, representative in sorted(keyed)]
 
 
 def symmetrized_primitive(structure: Structure, symprec: float) -> tuple[Structure, str, int]:
@@ -210,9 +213,12 @@ class MLRanker:
         representatives = sorted(
             ((index_of[id(g[0])], len(g) - 1) for g in groups), key=lambda item: score(item[0])
         )
-        prior = _prior_order(groups, index_of, [c for _, _, c in relaxed])[:self.prior_picks]
-        representatives.sort(  # stable: the prior picks first, then by score as before
-            key=lambda r: prior.index(r[0]) if r[0] in prior else len(prior))
+        ordered = _prior_order(groups, index_of, [c for _, _, c in relaxed])[:self.prior_picks]
+        member = dict(ordered)
+        representatives = (  # the prior picks first (their ranked member), then by score
+            [(member[i], d) for r, _ in ordered for i, d in representatives if i == r]
+            + [(i, d) for i, d in representatives if i not in member])
+        prior = [m for _, m in ordered]
         funnel["unique"] = len(representatives)
         if self.rerank_model is not None:
             return self._reranked(composition, [relaxed[i] for i, _ in representatives],

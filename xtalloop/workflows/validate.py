@@ -240,6 +240,7 @@ def record_validation(
                 "coordinates": pick.provenance.get("coordinates"),
                 "ml_energy_per_atom": pick.energy_per_atom,
                 "ml_e_above_hull": pick.e_above_hull,
+                "picked_by": pick.picked_by,
                 "structure": structure.as_dict(),
             })
             if len(elements) == 1 and result["converged"]:
