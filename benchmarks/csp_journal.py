@@ -103,6 +103,9 @@ def main() -> None:
              else "") + "), "
           f"{wall / max(len(records), 1):.0f} s per composition")
     print()
+    if key.get("rerank") and not key.get("rerank_first"):
+        print("(first+lowest@2 is not the loop's pair here: the second model ranked only the "
+              "first model's lowest, not necessarily the generator's first; see --rerank-first)")
     print(table(records, unrelaxed, k, hull_groups(records, key["data_csv"])))
     if args.plot:
         print(f"\nplot: {plot(records, k, key, args.plot)}")

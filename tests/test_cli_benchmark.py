@@ -203,6 +203,19 @@ def test_the_prefilters_rerank_picks_among_the_screens_lowest_distinct(tmp_path)
     header = json.loads((out / "prototype_substitution" / "journal.jsonl").read_text()
                         .splitlines()[0])
     assert header["key"]["rerank"] == "emt" and header["key"]["rerank_top"] == 1
+    # the generator's first (bcc) has no energy of the second model: no pair is reported
+    assert records["pair_match_rate"] == {"2": None}
+    # with --rerank-first it has one, and the pair is the loop's
+    first = tmp_path / "first"
+    result = invoke("--data", str(val), "--n", "3", "--k", "1,2",
+                    "--generator", "prototype_substitution", "--relax", "emt", "--rerank", "emt",
+                    "--rerank-top", "1", "--rerank-first", "--relax-steps", "100",
+                    "--out", str(first))
+    assert result.exit_code == 0, result.output
+    records = json.loads((first / "prototype_substitution" / "results.json").read_text())
+    cu = next(r for r in records["per_composition"] if r["material_id"] == "v-Cu")
+    assert cu["energy_per_atom"][0] is not None and cu["energy_per_atom"][1] is None
+    assert records["pair_match_rate"]["2"] is not None
 
 
 def test_a_killed_relaxed_run_resumes_from_its_journal(tmp_path):

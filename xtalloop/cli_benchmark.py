@@ -297,6 +297,9 @@ def csp(
                                    progress=progress, journal=out / gen.name / "journal.jsonl",
                                    resume=resume, run_key=run_key,
                                    report=lambda line, name=gen.name: typer.echo(f"{name} {line}"))
+        if rerank and not rerank_first:  # the generator's first has no energy of the pick's
+            for summary in (result, *result["per_arity"].values()):
+                summary["pair_match_rate"] = {"2": None}
         if result["n_resumed"]:
             typer.echo(f"{gen.name}: {result['n_resumed']} compositions taken from the journal")
         if result["unreadable_targets"] and not results:
