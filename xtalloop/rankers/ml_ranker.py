@@ -215,9 +215,9 @@ class MLRanker:
         )
         ordered = _prior_order(groups, index_of, [c for _, _, c in relaxed])[:self.prior_picks]
         member = dict(ordered)
-        representatives = (  # the prior picks first (their ranked member), then by score
-            [(member[i], d) for r, _ in ordered for i, d in representatives if i == r]
-            + [(i, d) for i, d in representatives if i not in member])
+        place = {r: n for n, (r, _) in enumerate(ordered)}
+        representatives.sort(key=lambda r: place.get(r[0], len(place)))  # stable: prior first
+        representatives = [(member.get(i, i), d) for i, d in representatives]
         prior = [m for _, m in ordered]
         funnel["unique"] = len(representatives)
         if self.rerank_model is not None:
